@@ -1,0 +1,49 @@
+# One entry point: `make book` builds the website, `make test` runs every check CI runs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+NBVAL := --nbval-current-env --nbval-cell-timeout=600 -p no:cacheprovider
+
+.PHONY: help venv book test test-unit test-notebooks exercises solutions serve clean
+
+help:
+	@echo "make book       build the website into _build/html (warnings are errors)"
+	@echo "make test       unit tests, nbval on solutions/ (strict) and exercises/ (lax), sync check, book build"
+	@echo "make exercises  regenerate exercises/ from solutions/"
+	@echo "make solutions  re-execute solutions/ in place (after editing one)"
+	@echo "make serve      serve the built site on http://127.0.0.1:8000"
+
+venv: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[book,test]"
+	touch $@
+
+book: venv
+	rm -rf _build/html
+	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
+	@echo "The book is built: open _build/html/index.html"
+
+test: test-unit test-notebooks book
+
+test-unit: venv
+	$(BIN)/python -m pytest tests
+
+test-notebooks: venv
+	$(BIN)/python -m pytest --nbval $(NBVAL) --nbval-sanitize-with tests/nbval_sanitize.cfg solutions
+	$(BIN)/python -m pytest --nbval-lax $(NBVAL) exercises
+
+exercises: venv
+	$(BIN)/python tools/make_exercises.py
+
+solutions: venv
+	$(BIN)/python tools/run_notebooks.py solutions/*.ipynb
+	$(BIN)/python tools/make_exercises.py
+
+serve:
+	$(BIN)/python -m http.server --directory _build/html 8000
+
+clean:
+	rm -rf _build .pytest_cache

@@ -1,0 +1,17 @@
+"""Companion library of *Transformers, Piece by Piece*: a small einops transformer the chapters import.
+
+    from companion import presets, build_model, count_parameters
+    model = build_model(presets["tiny"])
+"""
+from .attention import MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention, sliding_window_mask
+from .config import TransformerConfig, presets
+from .device import autocast, pick_device, seed_everything
+from .models import DecoderLM, EncoderDecoder, EncoderLM, build_model, count_parameters
+
+__all__ = [
+    "TransformerConfig", "presets", "build_model", "count_parameters",
+    "DecoderLM", "EncoderLM", "EncoderDecoder",
+    "MultiHeadAttention", "scaled_dot_product_attention", "causal_mask", "padding_mask", "sliding_window_mask",
+    "pick_device", "autocast", "seed_everything",
+]
+__version__ = "0.1.0"

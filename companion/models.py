@@ -1,0 +1,306 @@
+"""Encoder and decoder blocks and the models built from them, plus `build_model` and `count_parameters`.
+
+Chapter 5 (assembling the transformer) explains them; every other chapter uses them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import KVCacheLayer, MultiHeadAttention, padding_mask
+from .config import TransformerConfig
+from .layers import FeedForward, LayerNorm, Residual
+from .positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions
+
+
+def check_ids(ids: Tensor, config: TransformerConfig, name: str = "ids", start_pos: int = 0) -> None:
+    """Raise a clear error for token ids the model cannot take."""
+    if not isinstance(ids, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(ids).__name__}")
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.dtype.is_complex:
+        raise TypeError(f"{name} has dtype {ids.dtype}; expected integer token ids (torch.long)")
+    if ids.dim() != 2:
+        raise ValueError(f"{name} has shape {tuple(ids.shape)}; expected 2 dims (batch, seq)")
+    if ids.shape[1] == 0:
+        raise ValueError(f"{name} has shape {tuple(ids.shape)}: an empty sequence; give at least one token")
+    end = start_pos + ids.shape[1]
+    if end > config.context_length:
+        raise ValueError(
+            f"{name} has shape {tuple(ids.shape)}"
+            + (f" starting at position {start_pos}" if start_pos else "")
+            + f" but the model's context is {config.context_length} positions;"
+            " truncate the sequence or use a config with a longer context_length"
+        )
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= config.vocab_size:
+        raise ValueError(f"{name} holds token ids in [{low}, {high}] but the vocabulary is [0, {config.vocab_size - 1}]")
+
+
+class Embeddings(nn.Module):
+    """Token lookup, plus positions (added here unless rotary), segments, optional norm, dropout."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = config
+        self.tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.positions: nn.Module | None = {
+            "sinusoidal": lambda: SinusoidalPositions(config.context_length, config.d_model),
+            "learned": lambda: LearnedPositions(config.context_length, config.d_model),
+        }.get(config.positional, lambda: None)()
+        self.segments = nn.Embedding(config.segment_vocab_size, config.d_model) if config.segment_vocab_size else None
+        self.norm = LayerNorm(config.d_model, config.layer_norm_eps) if config.embedding_norm else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.scale = math.sqrt(config.d_model) if config.scale_embeddings else 1.0
+
+    def forward(self, ids: Tensor, positions: Tensor, segments: Tensor | None = None) -> Tensor:
+        x = self.tokens(ids) * self.scale
+        if self.positions is not None:
+            x = x + self.positions(positions)
+        if self.segments is not None:
+            x = x + self.segments(torch.zeros_like(ids) if segments is None else segments)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.dropout(x)
+
+
+def _attention(config: TransformerConfig) -> MultiHeadAttention:
+    return MultiHeadAttention(config.d_model, config.heads, bias=config.bias, dropout=config.attention_dropout)
+
+
+def _residual(sublayer: nn.Module, config: TransformerConfig) -> Residual:
+    return Residual(sublayer, config.d_model, config.norm, config.dropout, config.layer_norm_eps)
+
+
+class EncoderBlock(nn.Module):
+    """Self-attention over all positions, then the feed-forward block, each wrapped in a residual."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.attention = _residual(_attention(config), config)
+        self.feed_forward = _residual(
+            FeedForward(config.d_model, config.ff_width, config.activation, config.dropout, config.bias), config
+        )
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, rotary=None, positions: Tensor | None = None) -> Tensor:
+        x = self.attention(x, mask=mask, rotary=rotary, positions=positions)
+        return self.feed_forward(x)
+
+
+class DecoderBlock(nn.Module):
+    """Masked self-attention, then (if `cross`) attention over the encoder output, then feed-forward."""
+
+    def __init__(self, config: TransformerConfig, cross: bool):
+        super().__init__()
+        self.attention = _residual(_attention(config), config)
+        self.cross_attention = _residual(_attention(config), config) if cross else None
+        self.feed_forward = _residual(
+            FeedForward(config.d_model, config.ff_width, config.activation, config.dropout, config.bias), config
+        )
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        *,
+        mask: Tensor | None = None,
+        causal: bool = True,
+        rotary=None,
+        positions: Tensor | None = None,
+        cache: KVCacheLayer | None = None,
+        cross_cache: KVCacheLayer | None = None,
+    ) -> Tensor:
+        x = self.attention(x, mask=mask, causal=causal, rotary=rotary, positions=positions, cache=cache)
+        if self.cross_attention is not None:
+            if memory is None:
+                raise ValueError("this decoder block has cross-attention; pass memory (the encoder output)")
+            x = self.cross_attention(x, memory, mask=memory_mask, cache=cross_cache)
+        return self.feed_forward(x)
+
+
+class Stack(nn.Module):
+    """A list of blocks and, for pre-norm, the final LayerNorm that pre-norm needs."""
+
+    def __init__(self, blocks: Sequence[nn.Module], config: TransformerConfig):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.final_norm = LayerNorm(config.d_model, config.layer_norm_eps) if config.norm == "pre" else nn.Identity()
+
+
+def _rotary(config: TransformerConfig) -> RotaryEmbedding | None:
+    return RotaryEmbedding(config.d_head, config.context_length, config.rope_base) if config.positional == "rope" else None
+
+
+def _positions(ids: Tensor, start_pos: int) -> Tensor:
+    return torch.arange(start_pos, start_pos + ids.shape[1], device=ids.device)
+
+
+class _LanguageModelHead(nn.Module):
+    """Linear map from d_model to vocabulary logits; shares the token embedding when tied."""
+
+    def __init__(self, config: TransformerConfig, embedding: nn.Embedding):
+        super().__init__()
+        self.tied = config.tie_embeddings
+        self.embedding = [embedding]  # a list, so the shared weight is not registered twice
+        self.proj = None if self.tied else nn.Linear(config.d_model, config.vocab_size, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.embedding[0].weight) if self.tied else self.proj(x)
+
+
+class DecoderLM(nn.Module):
+    """Decoder-only language model (GPT): ids (batch, seq) -> next-token logits (batch, seq, vocab)."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        if config.kind != "decoder":
+            raise ValueError(f"DecoderLM needs kind='decoder', got {config.kind!r}")
+        self.config = config
+        self.embed = Embeddings(config)
+        self.rotary = _rotary(config)
+        self.decoder = Stack([DecoderBlock(config, cross=False) for _ in range(config.layers)], config)
+        self.head = _LanguageModelHead(config, self.embed.tokens)
+
+    def forward(
+        self,
+        ids: Tensor,
+        *,
+        caches: Sequence[KVCacheLayer] | None = None,
+        start_pos: int = 0,
+        causal: bool = True,
+        mask: Tensor | None = None,
+    ) -> Tensor:
+        """caches/start_pos: decode incrementally (chapter 6). causal=False lets every position see
+        the future, which turns the model into a denoiser rather than a generator (chapter 6)."""
+        check_ids(ids, self.config, "ids", start_pos)
+        if caches is not None and len(caches) != len(self.decoder.blocks):
+            raise ValueError(f"caches has {len(caches)} layers but the model has {len(self.decoder.blocks)}")
+        positions = _positions(ids, start_pos)
+        x = self.embed(ids, positions)
+        for i, block in enumerate(self.decoder.blocks):
+            x = block(x, mask=mask, causal=causal, rotary=self.rotary, positions=positions,
+                      cache=None if caches is None else caches[i])
+        return self.head(self.decoder.final_norm(x))
+
+
+class EncoderLM(nn.Module):
+    """Encoder-only model (BERT): ids -> hidden states, or MLM logits, or class logits (task_head)."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        if config.kind != "encoder":
+            raise ValueError(f"EncoderLM needs kind='encoder', got {config.kind!r}")
+        self.config = config
+        self.embed = Embeddings(config)
+        self.rotary = _rotary(config)
+        self.encoder = Stack([EncoderBlock(config) for _ in range(config.layers)], config)
+        d = config.d_model
+        self.pooler = nn.Sequential(nn.Linear(d, d), nn.Tanh()) if config.pooler else None
+        if config.task_head == "mlm":
+            # BERT's MLM head: a transform (dense + GELU + LayerNorm), then the tied vocabulary projection.
+            self.mlm_transform = nn.Sequential(nn.Linear(d, d), nn.GELU(), LayerNorm(d, config.layer_norm_eps))
+            self.mlm_head = _LanguageModelHead(config, self.embed.tokens)
+            self.mlm_bias = nn.Parameter(torch.zeros(config.vocab_size))
+        elif config.task_head == "classify":
+            self.classifier = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(d, config.num_labels))
+
+    def encode(self, ids: Tensor, segments: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """Hidden states (batch, seq, d_model). Pads (config.pad_id) are hidden from attention."""
+        check_ids(ids, self.config)
+        if mask is None and self.config.pad_id is not None:
+            mask = padding_mask(ids, self.config.pad_id)
+        positions = _positions(ids, 0)
+        x = self.embed(ids, positions, segments)
+        for block in self.encoder.blocks:
+            x = block(x, mask=mask, rotary=self.rotary, positions=positions)
+        return self.encoder.final_norm(x)
+
+    def pool(self, hidden: Tensor) -> Tensor:
+        """One vector per sequence: the first token's state, through the pooler if there is one."""
+        first = hidden[:, 0]
+        return self.pooler(first) if self.pooler is not None else first
+
+    def forward(self, ids: Tensor, segments: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        hidden = self.encode(ids, segments, mask)
+        if self.config.task_head == "mlm":
+            return self.mlm_head(self.mlm_transform(hidden)) + self.mlm_bias
+        if self.config.task_head == "classify":
+            return self.classifier(self.pool(hidden))
+        return hidden
+
+
+class EncoderDecoder(nn.Module):
+    """Vaswani et al. 2017: the encoder reads the source, the decoder writes the target.
+
+    One embedding is shared by source, target and the output projection (tie_embeddings).
+    """
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        if config.kind != "encoder-decoder":
+            raise ValueError(f"EncoderDecoder needs kind='encoder-decoder', got {config.kind!r}")
+        self.config = config
+        self.embed = Embeddings(config)
+        self.rotary = _rotary(config)
+        self.encoder = Stack([EncoderBlock(config) for _ in range(config.layers)], config)
+        self.decoder = Stack([DecoderBlock(config, cross=True) for _ in range(config.n_decoder_layers)], config)
+        self.head = _LanguageModelHead(config, self.embed.tokens)
+
+    def source_mask(self, src_ids: Tensor) -> Tensor | None:
+        return None if self.config.pad_id is None else padding_mask(src_ids, self.config.pad_id)
+
+    def encode(self, src_ids: Tensor) -> Tensor:
+        check_ids(src_ids, self.config, "src_ids")
+        positions = _positions(src_ids, 0)
+        x = self.embed(src_ids, positions)
+        mask = self.source_mask(src_ids)
+        for block in self.encoder.blocks:
+            x = block(x, mask=mask, rotary=self.rotary, positions=positions)
+        return self.encoder.final_norm(x)
+
+    def decode(
+        self,
+        tgt_ids: Tensor,
+        memory: Tensor,
+        memory_mask: Tensor | None = None,
+        *,
+        caches: Sequence[KVCacheLayer] | None = None,
+        cross_caches: Sequence[KVCacheLayer] | None = None,
+        start_pos: int = 0,
+    ) -> Tensor:
+        """Next-token logits (batch, tgt_seq, vocab) for the target so far, given the encoder output."""
+        check_ids(tgt_ids, self.config, "tgt_ids", start_pos)
+        positions = _positions(tgt_ids, start_pos)
+        x = self.embed(tgt_ids, positions)
+        for i, block in enumerate(self.decoder.blocks):
+            x = block(
+                x, memory, memory_mask, rotary=self.rotary, positions=positions,
+                cache=None if caches is None else caches[i],
+                cross_cache=None if cross_caches is None else cross_caches[i],
+            )
+        return self.head(self.decoder.final_norm(x))
+
+    def forward(self, src_ids: Tensor, tgt_ids: Tensor) -> Tensor:
+        if src_ids.dim() == 2 and tgt_ids.dim() == 2 and src_ids.shape[0] != tgt_ids.shape[0]:
+            raise ValueError(f"src_ids has batch {src_ids.shape[0]} but tgt_ids has batch {tgt_ids.shape[0]}")
+        memory = self.encode(src_ids)
+        return self.decode(tgt_ids, memory, self.source_mask(src_ids))
+
+
+MODEL_CLASSES = {"decoder": DecoderLM, "encoder": EncoderLM, "encoder-decoder": EncoderDecoder}
+
+
+def build_model(config: TransformerConfig) -> nn.Module:
+    """The model a config describes: DecoderLM, EncoderLM or EncoderDecoder."""
+    if not isinstance(config, TransformerConfig):
+        raise TypeError(f"build_model takes a TransformerConfig (e.g. presets['tiny']), got {type(config).__name__}")
+    return MODEL_CLASSES[config.kind](config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters, each shared (tied) tensor counted once."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

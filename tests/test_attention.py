@@ -1,0 +1,174 @@
+"""Attention: the fused path equals the einops path, masks do what they say, checkers catch mistakes."""
+import math
+
+import pytest
+import torch
+from einops import rearrange
+
+from companion import MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention, sliding_window_mask
+from companion.checks import CheckFailed
+from companion.checks import attention as checks
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def qkv(b=2, h=3, q=5, k=7, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, h, q, d, generator=g), torch.randn(b, h, k, d, generator=g), torch.randn(b, h, k, d, generator=g))
+
+
+@pytest.mark.parametrize("kind", ["none", "causal", "padding", "window", "causal+padding"])
+def test_fused_matches_einops(kind):
+    q, k, v = qkv(q=6, k=6)
+    ids = torch.tensor([[5, 6, 7, 8, 0, 0], [1, 2, 3, 4, 5, 0]])
+    mask = {"none": None, "causal": None, "padding": padding_mask(ids, 0), "window": sliding_window_mask(6, 2),
+            "causal+padding": padding_mask(ids, 0)}[kind]
+    causal = kind.startswith("causal")
+    slow = scaled_dot_product_attention(q, k, v, mask, causal=causal, fused=False)
+    fast = scaled_dot_product_attention(q, k, v, mask, causal=causal, fused=True)
+    torch.testing.assert_close(fast, slow, **TOL)
+
+
+def test_fully_masked_rows_give_zeros_on_both_paths():
+    q, k, v = qkv(q=4, k=4)
+    mask = torch.ones(4, 4, dtype=torch.bool)
+    mask[1] = False
+    for fused in (False, True):
+        out = scaled_dot_product_attention(q, k, v, mask, fused=fused)
+        assert torch.isfinite(out).all()
+        assert out[:, :, 1].abs().max() == 0
+
+
+def test_weights_are_a_distribution_over_keys():
+    q, k, v = qkv()
+    _, weights = scaled_dot_product_attention(q, k, v, return_weights=True)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+
+
+def test_causal_mask_blocks_the_future():
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4).eval()
+    x = torch.randn(1, 8, 16)
+    changed = x.clone()
+    changed[:, 5:] = torch.randn(1, 3, 16)  # change only positions 5, 6, 7
+    before, after = mha(x, causal=True), mha(changed, causal=True)
+    torch.testing.assert_close(before[:, :5], after[:, :5], **TOL)
+    assert not torch.allclose(before[:, 5:], after[:, 5:])
+
+
+def test_self_attention_without_positions_is_permutation_equivariant():
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4).eval()
+    x = torch.randn(2, 9, 16)
+    perm = torch.randperm(9)
+    torch.testing.assert_close(mha(x)[:, perm], mha(x[:, perm]), **TOL)
+
+
+def test_causal_mask_is_bottom_right_aligned_for_cached_queries():
+    mask = causal_mask(2, 5)
+    assert mask.tolist() == [[True, True, True, True, False], [True, True, True, True, True]]
+
+
+def test_sliding_window_sees_window_keys():
+    mask = sliding_window_mask(6, 3)
+    assert mask.sum(-1).tolist() == [1, 2, 3, 3, 3, 3]
+    assert not (mask & ~causal_mask(6)).any()
+
+
+def test_cross_attention_uses_context_length():
+    mha = MultiHeadAttention(16, 4)
+    out = mha(torch.randn(2, 3, 16), torch.randn(2, 11, 16))
+    assert out.shape == (2, 3, 16)
+
+
+def test_multi_head_costs_the_same_as_one_full_width_head():
+    many, one = MultiHeadAttention(512, 8), MultiHeadAttention(512, 1)
+    assert sum(p.numel() for p in many.parameters()) == sum(p.numel() for p in one.parameters())
+    assert many.d_head == 64
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: scaled_dot_product_attention(torch.randn(2, 5, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 8)), "expected 4 dims"),
+        (lambda: scaled_dot_product_attention(*qkv(), mask=torch.ones(5, 7)), "torch.bool"),
+        (lambda: scaled_dot_product_attention(*qkv(), mask=torch.ones(4, 7, dtype=torch.bool)), "does not broadcast"),
+        (lambda: MultiHeadAttention(16, 4)(torch.randn(2, 3, 12)), "d_model=16"),
+        (lambda: MultiHeadAttention(16, 4)(torch.randn(2, 3, 16), torch.randn(3, 4, 16)), "context has shape"),
+        (lambda: MultiHeadAttention(10, 4), "not divisible"),
+        (lambda: sliding_window_mask(4, 0), "window=0"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(call, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        call()
+
+
+# --- the exercise checkers accept the reference and reject typical mistakes with the matching hint ---
+
+def _scores(q, k):
+    return torch.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(q.shape[-1])
+
+
+def test_checkers_accept_reference_answers(capsys):
+    assert checks.check_attention_scores(_scores)
+    assert checks.check_attention_weights(lambda s, m=None: s.masked_fill(~m, float("-inf")).softmax(-1) if m is not None else s.softmax(-1))
+    assert checks.check_causal_mask(lambda n: causal_mask(n))
+    assert checks.check_scaled_dot_product(lambda q, k, v, m=None: scaled_dot_product_attention(q, k, v, m, fused=False))
+    assert checks.check_sliding_window_mask(sliding_window_mask)
+    assert checks.check_split_heads(lambda x, h: rearrange(x, "b s (h d) -> b h s d", h=h))
+    assert checks.check_merge_heads(lambda x: rearrange(x, "b h s d -> b s (h d)"))
+    assert checks.check_multi_head_attention(lambda x, mha, causal=False: mha(x, causal=causal))
+    assert capsys.readouterr().out.count("passed") == 8
+
+
+def test_checker_reports_stub_as_not_yet(capsys):
+    def stub(q, k):
+        raise NotImplementedError("exercise")
+    assert checks.check_attention_scores(stub) is False
+    assert "not implemented yet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "checker, wrong, hint",
+    [
+        (checks.check_attention_scores, lambda q, k: torch.einsum("bhqd,bhkd->bhqk", q, k), "not divided by sqrt"),
+        (checks.check_attention_scores, lambda q, k: torch.einsum("bhqd,bhkd->bhqk", q, k) / q.shape[-1], "divided by d_head"),
+        (checks.check_attention_scores, lambda q, k: torch.einsum("bhqd,bhkd->bhkq", q, k), "shape"),
+        (checks.check_attention_weights, lambda s, m=None: s.softmax(-2), "over queries"),
+        (checks.check_attention_weights, lambda s, m=None: s.softmax(-1), "mask is not applied"),
+        (checks.check_attention_weights, lambda s, m=None: s.masked_fill(m, float("-inf")).softmax(-1) if m is not None else s.softmax(-1), "inverted"),
+        (checks.check_causal_mask, lambda n: causal_mask(n).T, "row 0 may attend to later"),
+        (checks.check_causal_mask, lambda n: torch.tril(torch.ones(n, n, dtype=torch.bool), -1), "diagonal is masked"),
+        (checks.check_causal_mask, lambda n: torch.tril(torch.ones(n, n)), "dtype"),
+        (checks.check_scaled_dot_product, lambda q, k, v, m=None: scaled_dot_product_attention(q * math.sqrt(q.shape[-1]) ** 0.5, k * math.sqrt(q.shape[-1]) ** 0.5, v, m, fused=False), "not divided by sqrt"),
+        (checks.check_scaled_dot_product, lambda q, k, v, m=None: scaled_dot_product_attention(q, k, v, None, fused=False), "mask is not applied"),
+        (checks.check_sliding_window_mask, lambda n, w: causal_mask(n), "plain causal mask"),
+        (checks.check_sliding_window_mask, lambda n, w: sliding_window_mask(n, w + 1), "includes the query itself"),
+        (checks.check_split_heads, lambda x, h: rearrange(x, "b s (d h) -> b h s d", h=h), "swapped"),
+        (checks.check_split_heads, lambda x, h: x.reshape(x.shape[0], h, x.shape[1], -1), "without moving seq"),
+        (checks.check_merge_heads, lambda x: rearrange(x, "b h s d -> b s (d h)"), "(d_head heads)"),
+        (checks.check_merge_heads, lambda x: x.reshape(x.shape[0], x.shape[2], -1), "transpose, then merge"),
+        (checks.check_multi_head_attention, lambda x, mha, causal=False: mha(x, causal=False), "causal=True is ignored"),
+    ],
+)
+def test_checker_rejects_typical_mistake(checker, wrong, hint):
+    with pytest.raises(CheckFailed, match=hint.replace("(", r"\(").replace(")", r"\)")):
+        checker(wrong)
+
+
+def test_checker_rejects_one_full_width_head():
+    def one_head(x, mha, causal=False):
+        q, k, v = (rearrange(l(x), "b s d -> b 1 s d") for l in (mha.to_q, mha.to_k, mha.to_v))
+        out = scaled_dot_product_attention(q, k, v, causal=causal, fused=False)
+        return mha.to_out(out[:, 0])
+    with pytest.raises(CheckFailed, match="one full-width head"):
+        checks.check_multi_head_attention(one_head)
+
+
+def test_checker_rejects_missing_output_projection():
+    def no_out(x, mha, causal=False):
+        q, k, v = (rearrange(l(x), "b s (h d) -> b h s d", h=mha.heads) for l in (mha.to_q, mha.to_k, mha.to_v))
+        return rearrange(scaled_dot_product_attention(q, k, v, causal=causal), "b h s d -> b s (h d)")
+    with pytest.raises(CheckFailed, match="to_out is missing"):
+        checks.check_multi_head_attention(no_out)
