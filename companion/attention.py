@@ -145,7 +145,8 @@ class MultiHeadAttention(nn.Module):
         self.to_out = nn.Linear(d_model, d_model, bias=bias)
         self.dropout = dropout  # on the attention weights, as in the original paper's code
         self.fused = fused
-        self.last_weights: Tensor | None = None  # filled when forward(..., keep_weights=True)
+        self.record_weights = False  # when True, every forward keeps its weights in last_weights
+        self.last_weights: Tensor | None = None
 
     def split_heads(self, x: Tensor) -> Tensor:
         return rearrange(x, "batch seq (heads d_head) -> batch heads seq d_head", heads=self.heads)
@@ -189,7 +190,7 @@ class MultiHeadAttention(nn.Module):
         if rotary is not None:
             q = rotary(q, positions)
         dropout_p = self.dropout if self.training else 0.0
-        if keep_weights:
+        if keep_weights or self.record_weights:
             out, weights = scaled_dot_product_attention(q, k, v, mask, causal=causal, dropout_p=dropout_p, return_weights=True)
             self.last_weights = weights.detach()
         else:

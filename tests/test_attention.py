@@ -125,7 +125,7 @@ def test_checkers_accept_reference_answers(capsys):
 def test_checker_reports_stub_as_not_yet(capsys):
     def stub(q, k):
         raise NotImplementedError("exercise")
-    assert checks.check_attention_scores(stub) is False
+    assert not checks.check_attention_scores(stub)
     assert "not implemented yet" in capsys.readouterr().out
 
 

@@ -15,19 +15,36 @@ class NotYetImplemented(Exception):
     """The learner's function still raises NotImplementedError."""
 
 
+class CheckResult:
+    """What a checker returns: true when the answer passed. Shows nothing in a notebook, since the
+    checker has already printed its verdict."""
+
+    def __init__(self, passed: bool):
+        self.ok = passed
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __repr__(self) -> str:
+        return f"CheckResult(passed={self.ok})"
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
 class Checker:
     """Context for one checker: `with Checker("name") as c:` ... then c.passed tells the outcome."""
 
     def __init__(self, name: str):
         self.name = name
-        self.passed = False
+        self.passed = CheckResult(False)
 
     def __enter__(self) -> "Checker":
         return self
 
     def __exit__(self, kind, error, tb) -> bool:
         if kind is None:
-            self.passed = True
+            self.passed = CheckResult(True)
             print(f"\u2714 {self.name}: passed")
             return False
         if kind is NotYetImplemented:
