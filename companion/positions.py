@@ -5,10 +5,43 @@ Chapter 3 (embeddings and positional encodings) explains them.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
+
+
+def _need_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive whole number")
+
+
+def _check_positions(positions: Tensor, context_length: int, who: str) -> None:
+    """Positions index a table of `context_length` rows; say so clearly when they fall outside it."""
+    if not isinstance(positions, Tensor) or positions.dtype.is_floating_point or positions.dtype == torch.bool:
+        raise TypeError(f"{who}: positions must be a tensor of integer positions, got {positions!r:.80}")
+    # On an accelerator the range check would stall every call on a device sync; the models
+    # already check their ids against context_length, and an index error still surfaces there.
+    if positions.device.type == "cpu" and positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= context_length):
+        raise ValueError(
+            f"{who}: positions run from {int(positions.min())} to {int(positions.max())} but the table holds "
+            f"positions 0..{context_length - 1}; build it with a larger context_length"
+        )
+
+
+def inverse_frequencies(width: int, base: float = 10000.0) -> Tensor:
+    """(width / 2,) angular frequencies base^(-2i / width), i = 0 .. width/2 - 1: pair i turns this much per position.
+
+    Pair 0 turns one radian per position (wavelength 2 pi); the last pair is slowest, with a
+    wavelength just under 2 pi * base. Sinusoidal encodings use width = d_model, RoPE width = d_head.
+    """
+    _need_positive_int("width", width)
+    if width % 2 != 0:
+        raise ValueError(f"width={width} must be even: features come in (sin, cos) or rotated pairs")
+    if not base > 1.0:
+        raise ValueError(f"base={base} must be greater than 1 so that frequencies fall from pair to pair")
+    return base ** (-torch.arange(0, width, 2, dtype=torch.float64) / width)
 
 
 def sinusoidal_table(positions: int, d_model: int, base: float = 10000.0) -> Tensor:
@@ -16,13 +49,27 @@ def sinusoidal_table(positions: int, d_model: int, base: float = 10000.0) -> Ten
 
     PE[pos, 2i] = sin(pos / base^(2i/d_model)),  PE[pos, 2i+1] = cos(pos / base^(2i/d_model)).
     """
+    _need_positive_int("positions", positions)
+    _need_positive_int("d_model", d_model)
     if d_model % 2 != 0:
         raise ValueError(f"d_model={d_model} must be even: sine and cosine come in pairs")
-    pos = torch.arange(positions, dtype=torch.float32)[:, None]
-    inv_freq = torch.exp(-math.log(base) * torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)
-    angles = pos * inv_freq[None, :]  # (positions, d_model / 2)
-    table = torch.stack([angles.sin(), angles.cos()], dim=-1)  # (positions, d_model/2, 2)
-    return rearrange(table, "seq half two -> seq (half two)")
+    # float64 angles, so that positions in the thousands keep their phase before rounding to float32.
+    angles = torch.arange(positions, dtype=torch.float64)[:, None] * inverse_frequencies(d_model, base)[None, :]
+    table = torch.stack([angles.sin(), angles.cos()], dim=-1)  # (seq, d_model / 2, 2)
+    return rearrange(table, "seq half two -> seq (half two)").float()
+
+
+def offset_rotation(offset: int, d_model: int, base: float = 10000.0) -> Tensor:
+    """(d_model, d_model) matrix M with PE[pos + offset] = PE[pos] @ M for every pos.
+
+    Block-diagonal: pair i's (sin, cos) turns by offset * base^(-2i/d_model). M does not depend
+    on pos, which is why Vaswani et al. 2017 expected the model to attend by relative position.
+    """
+    _need_positive_int("d_model", d_model)
+    angle = offset * inverse_frequencies(d_model, base)
+    cos, sin = angle.cos(), angle.sin()
+    blocks = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (half, 2, 2)
+    return torch.block_diag(*blocks).float()
 
 
 class SinusoidalPositions(nn.Module):
@@ -30,20 +77,24 @@ class SinusoidalPositions(nn.Module):
 
     def __init__(self, context_length: int, d_model: int, base: float = 10000.0):
         super().__init__()
+        self.context_length = context_length
         self.register_buffer("table", sinusoidal_table(context_length, d_model, base), persistent=False)
 
     def forward(self, positions: Tensor) -> Tensor:
+        _check_positions(positions, self.context_length, "SinusoidalPositions")
         return self.table[positions]
 
 
 class LearnedPositions(nn.Module):
-    """One trained vector per position, as in BERT and GPT-2."""
+    """One trained vector per position, as in BERT and GPT-2: nothing exists past context_length."""
 
     def __init__(self, context_length: int, d_model: int):
         super().__init__()
+        self.context_length = context_length
         self.embedding = nn.Embedding(context_length, d_model)
 
     def forward(self, positions: Tensor) -> Tensor:
+        _check_positions(positions, self.context_length, "LearnedPositions")
         return self.embedding(positions)
 
 
@@ -69,14 +120,34 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         if d_head % 2 != 0:
             raise ValueError(f"d_head={d_head} must be even: RoPE rotates pairs of features")
-        inv_freq = base ** (-torch.arange(0, d_head, 2, dtype=torch.float32) / d_head)
-        angles = torch.arange(context_length, dtype=torch.float32)[:, None] * inv_freq[None, :]
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        _need_positive_int("context_length", context_length)
+        self.d_head, self.context_length = d_head, context_length
+        angles = torch.arange(context_length, dtype=torch.float64)[:, None] * inverse_frequencies(d_head, base)[None, :]
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
 
     def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
         """x: (batch, heads, seq, d_head); positions: (seq,) absolute positions, default 0..seq-1."""
+        if x.shape[-1] != self.d_head:
+            raise ValueError(f"x has shape {tuple(x.shape)}; expected (..., seq, d_head={self.d_head})")
         if positions is None:
             positions = torch.arange(x.shape[-2], device=x.device)
+        _check_positions(positions, self.context_length, "RotaryEmbedding")
+        if positions.shape != (x.shape[-2],):
+            raise ValueError(f"positions has shape {tuple(positions.shape)}; expected one per position of x: ({x.shape[-2]},)")
         cos, sin = self.cos[positions], self.sin[positions]
         return rotate_pairs(x.float(), cos, sin).to(x.dtype)
+
+
+def equivariance_gap(layer: Callable[[Tensor], Tensor], x: Tensor, perm: Tensor) -> float:
+    """Largest |layer(x permuted) - layer(x) permuted| over (batch, seq, d_model) inputs.
+
+    Zero (up to rounding) when reordering the positions of the input reorders the output the
+    same way: self-attention without positions. Positional information makes it non-zero.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"x has shape {tuple(x.shape)}; expected (batch, seq, d_model)")
+    if sorted(perm.tolist()) != list(range(x.shape[1])):
+        raise ValueError(f"perm must be a permutation of 0..{x.shape[1] - 1} (the seq axis of x), got {perm.tolist()}")
+    with torch.no_grad():
+        return (layer(x[:, perm]) - layer(x)[:, perm]).abs().max().item()

@@ -1,0 +1,250 @@
+"""Positions: the encodings match their formulas, relative position shows through dot products,
+attention without positions is permutation-equivariant, and the chapter 3 checkers catch mistakes."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from companion import MultiHeadAttention, TransformerConfig, build_model
+from companion.checks import CheckFailed
+from companion.checks import positions as checks
+from companion.positions import (
+    LearnedPositions, RotaryEmbedding, SinusoidalPositions, equivariance_gap, inverse_frequencies, offset_rotation,
+    rotate_pairs, sinusoidal_table,
+)
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def test_sinusoidal_table_matches_the_papers_formula():
+    table = sinusoidal_table(50, 16)
+    for pos in (0, 1, 7, 49):
+        for i in range(8):
+            angle = pos / 10000 ** (2 * i / 16)
+            assert math.isclose(table[pos, 2 * i].item(), math.sin(angle), abs_tol=1e-6)
+            assert math.isclose(table[pos, 2 * i + 1].item(), math.cos(angle), abs_tol=1e-6)
+
+
+def test_wavelengths_run_from_two_pi_to_almost_two_pi_times_base():
+    wavelengths = 2 * math.pi / inverse_frequencies(64)
+    assert math.isclose(wavelengths[0].item(), 2 * math.pi)
+    assert 2 * math.pi * 10000 / 2 < wavelengths[-1].item() < 2 * math.pi * 10000
+    assert (wavelengths[1:] > wavelengths[:-1]).all()
+
+
+def test_sinusoidal_dot_product_depends_only_on_the_offset():
+    table = sinusoidal_table(200, 32).double()
+    dots = table @ table.T
+    for offset in (0, 1, 5, 40):
+        diagonal = torch.diagonal(dots, offset)
+        assert (diagonal - diagonal[0]).abs().max() < 1e-5
+        torch.testing.assert_close(diagonal, torch.diagonal(dots, -offset))  # symmetric: no before/after
+
+
+@pytest.mark.parametrize("offset", [1, 3, 17, -4])
+def test_offset_rotation_moves_every_position_by_the_offset(offset):
+    table = sinusoidal_table(60, 24)
+    moved = table @ offset_rotation(offset, 24)
+    lo, hi = max(0, -offset), 60 - max(0, offset)
+    torch.testing.assert_close(moved[lo:hi], table[lo + offset:hi + offset], **TOL)
+
+
+def test_offset_rotation_is_orthogonal():
+    m = offset_rotation(9, 16)
+    torch.testing.assert_close(m @ m.T, torch.eye(16), **TOL)
+
+
+def test_modules_look_up_their_tables():
+    positions = torch.tensor([0, 3, 7])
+    torch.testing.assert_close(SinusoidalPositions(8, 12)(positions), sinusoidal_table(8, 12)[positions])
+    learned = LearnedPositions(8, 12)
+    torch.testing.assert_close(learned(positions), learned.embedding.weight[positions])
+    assert sum(p.numel() for p in SinusoidalPositions(8, 12).parameters()) == 0
+    assert sum(p.numel() for p in learned.parameters()) == 8 * 12
+
+
+def test_rope_scores_depend_only_on_the_relative_position():
+    torch.manual_seed(0)
+    rope = RotaryEmbedding(16, 300)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def score(m: int, n: int) -> float:
+        return (rope(q, torch.tensor([m])) * rope(k, torch.tensor([n]))).sum().item()
+
+    for m, n in ((5, 2), (9, 9), (0, 7)):
+        for shift in (1, 50, 250):
+            assert math.isclose(score(m, n), score(m + shift, n + shift), abs_tol=1e-4)
+    assert not math.isclose(score(5, 2), score(2, 5), abs_tol=1e-3)  # unlike sinusoids, RoPE tells before from after
+
+
+def test_rope_keeps_lengths_and_leaves_position_zero_alone():
+    torch.manual_seed(0)
+    rope = RotaryEmbedding(8, 32)
+    x = torch.randn(2, 3, 10, 8)
+    turned = rope(x, torch.arange(5, 15))
+    torch.testing.assert_close(turned.norm(dim=-1), x.norm(dim=-1), **TOL)
+    torch.testing.assert_close(rope(x[:, :, :1], torch.tensor([0])), x[:, :, :1])
+
+
+def test_rotate_pairs_rotates_adjacent_features():
+    x = torch.tensor([[1.0, 0.0, 0.0, 1.0]])  # pairs (1, 0) and (0, 1)
+    angle = torch.tensor([[math.pi / 2, math.pi / 2]])
+    torch.testing.assert_close(rotate_pairs(x, angle.cos(), angle.sin()), torch.tensor([[0.0, 1.0, -1.0, 0.0]]), **TOL)
+
+
+def test_self_attention_without_positions_is_equivariant_and_causal_is_not():
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4).eval()
+    x = torch.randn(2, 9, 16)
+    perm = torch.randperm(9, generator=torch.Generator().manual_seed(1))
+    assert equivariance_gap(mha, x, perm) < 1e-5
+    assert equivariance_gap(lambda t: mha(t, causal=True), x, perm) > 0.01
+
+
+@pytest.mark.parametrize("positional, equivariant", [("none", True), ("sinusoidal", False), ("learned", False), ("rope", False)])
+def test_encoder_is_equivariant_exactly_when_it_has_no_positions(positional, equivariant):
+    torch.manual_seed(0)
+    config = TransformerConfig(kind="encoder", vocab_size=20, context_length=16, d_model=16, heads=2, layers=2,
+                               positional=positional)
+    model = build_model(config).eval()
+    ids = torch.randint(0, 20, (2, 10))
+    perm = torch.randperm(10, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        gap = (model(ids[:, perm]) - model(ids)[:, perm]).abs().max().item()
+    assert (gap < 1e-4) == equivariant, gap
+
+
+@pytest.mark.parametrize("positional, shift_invariant", [("rope", True), ("learned", False), ("sinusoidal", False)])
+def test_only_rope_model_ignores_where_the_sequence_starts(positional, shift_invariant):
+    torch.manual_seed(0)
+    model = build_model(TransformerConfig(vocab_size=20, context_length=64, d_model=16, heads=2, layers=2,
+                                          positional=positional)).eval()
+    ids = torch.randint(0, 20, (2, 12))
+    with torch.no_grad():
+        gap = (model(ids) - model(ids, start_pos=40)).abs().max().item()
+    assert (gap < 1e-4) == shift_invariant, gap
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: sinusoidal_table(10, 7), ValueError, "d_model=7 must be even"),
+        (lambda: sinusoidal_table(0, 8), ValueError, "positions=0"),
+        (lambda: inverse_frequencies(8, base=1.0), ValueError, "base=1.0"),
+        (lambda: SinusoidalPositions(8, 4)(torch.tensor([3, 8])), ValueError, "positions 0..7"),
+        (lambda: LearnedPositions(8, 4)(torch.tensor([9])), ValueError, "larger context_length"),
+        (lambda: LearnedPositions(8, 4)(torch.tensor([1.0])), TypeError, "integer positions"),
+        (lambda: RotaryEmbedding(7, 8), ValueError, "d_head=7 must be even"),
+        (lambda: RotaryEmbedding(8, 16)(torch.randn(1, 2, 3, 6)), ValueError, "d_head=8"),
+        (lambda: RotaryEmbedding(8, 16)(torch.randn(1, 2, 3, 8), torch.tensor([0, 1])), ValueError, r"expected one per position"),
+        (lambda: RotaryEmbedding(8, 16)(torch.randn(1, 2, 3, 8), torch.tensor([14, 15, 16])), ValueError, "positions 0..15"),
+        (lambda: equivariance_gap(lambda t: t, torch.randn(2, 4, 3), torch.tensor([0, 1, 1, 3])), ValueError, "permutation"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+# --- the exercise checkers accept the reference and reject typical mistakes with the matching hint ---
+
+def one_hot_embedding(ids, weight):
+    return F.one_hot(ids, weight.shape[0]).float() @ weight
+
+
+def gap(layer, x, perm):
+    return (layer(x[:, perm]) - layer(x)[:, perm]).abs().max().item()
+
+
+def table(n, d, base=10000.0, swap=False, halves=False, exponent=2.0, start=0, sign=-1.0):
+    pos = torch.arange(start, start + n, dtype=torch.float32)[:, None]
+    i = torch.arange(d // 2, dtype=torch.float32)[None, :]
+    angle = pos * base ** (sign * exponent * i / d)
+    first, second = (angle.cos(), angle.sin()) if swap else (angle.sin(), angle.cos())
+    if halves:
+        return torch.cat([first, second], -1)
+    return rearrange(torch.stack([first, second], -1), "seq half two -> seq (half two)")
+
+
+def rotation(offset, d, transpose=False, exponent=2.0, halves=False):
+    angle = offset * 10000 ** (-exponent * torch.arange(d // 2) / d)
+    m = torch.zeros(d, d)
+    for i, a in enumerate(angle.tolist()):
+        j, k = (i, i + d // 2) if halves else (2 * i, 2 * i + 1)
+        block = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+        m[[j, j, k, k], [j, k, j, k]] = (block.T if transpose else block).flatten()
+    return m
+
+
+def rotary(x, positions, base=10000.0, exponent=2.0, sign=1.0, neox=False, ignore_positions=False):
+    d = x.shape[-1]
+    positions = torch.arange(x.shape[-2]) if ignore_positions else positions
+    angle = sign * positions[:, None].float() * base ** (-exponent * torch.arange(d // 2) / d)[None, :]
+    if neox:
+        x1, x2 = x[..., : d // 2], x[..., d // 2:]
+        return torch.cat([x1 * angle.cos() - x2 * angle.sin(), x1 * angle.sin() + x2 * angle.cos()], -1)
+    even, odd = x[..., 0::2], x[..., 1::2]
+    out = torch.stack([even * angle.cos() - odd * angle.sin(), even * angle.sin() + odd * angle.cos()], -1)
+    return rearrange(out, "... half two -> ... (half two)")
+
+
+def test_checkers_accept_reference_answers(capsys):
+    assert checks.check_one_hot_embedding(one_hot_embedding)
+    assert checks.check_one_hot_embedding(lambda ids, w: w[ids])  # a lookup is the same thing
+    assert checks.check_equivariance_gap(gap)
+    assert checks.check_equivariance_gap(lambda layer, x, perm: (layer(x[:, perm]) - layer(x)[:, perm]).abs().max())
+    assert checks.check_sinusoidal_table(table)
+    assert checks.check_sinusoidal_table(sinusoidal_table)
+    assert checks.check_offset_rotation(rotation)
+    assert checks.check_offset_rotation(offset_rotation)
+    assert checks.check_rotary(rotary)
+    assert "passed" in capsys.readouterr().out
+
+
+def test_stub_is_reported_as_not_yet_implemented(capsys):
+    def stub(*args):
+        raise NotImplementedError("exercise")
+    for checker in (checks.check_one_hot_embedding, checks.check_equivariance_gap, checks.check_sinusoidal_table,
+                    checks.check_offset_rotation, checks.check_rotary):
+        assert not checker(stub)
+    assert capsys.readouterr().out.count("not implemented yet") == 5
+
+
+@pytest.mark.parametrize(
+    "checker, wrong, hint",
+    [
+        (checks.check_one_hot_embedding, lambda ids, w: F.one_hot(ids).float() @ w, "without num_classes"),
+        (checks.check_one_hot_embedding, lambda ids, w: F.one_hot(ids, w.shape[0]) @ w, r"convert it with .float\(\)"),
+        (checks.check_one_hot_embedding, lambda ids, w: F.one_hot(ids, w.shape[0]).float(), "the one-hot itself"),
+        (checks.check_one_hot_embedding, lambda ids, w: F.one_hot(ids, w.shape[0]).float() @ w.T, "raised RuntimeError"),
+        (checks.check_one_hot_embedding, lambda ids, w: F.one_hot(ids, w.shape[1]).float() @ w, "did you use d_model"),
+        (checks.check_one_hot_embedding, lambda ids, w: F.one_hot(ids + 1, w.shape[0]).float() @ w, "differs from the reference"),
+        (checks.check_equivariance_gap, lambda layer, x, perm: (layer(x[:, perm]) - layer(x)).abs().max().item(), "unpermuted"),
+        (checks.check_equivariance_gap, lambda layer, x, perm: (layer(x[:, perm]) - layer(x)[:, perm.argsort()]).abs().max().item(), "inverse permutation"),
+        (checks.check_equivariance_gap, lambda layer, x, perm: (layer(x[perm]) - layer(x)[perm]).abs().max().item(), "not the batch"),
+        (checks.check_equivariance_gap, lambda layer, x, perm: (layer(x[:, perm]) - layer(x)[:, perm]).abs().mean().item(), "mean absolute"),
+        (checks.check_equivariance_gap, lambda layer, x, perm: layer(x[:, perm]) - layer(x)[:, perm], "return one number"),
+        (checks.check_sinusoidal_table, lambda n, d: table(n, d, swap=True), "sin and cos are swapped"),
+        (checks.check_sinusoidal_table, lambda n, d: table(n, d, halves=True), "all sines first"),
+        (checks.check_sinusoidal_table, lambda n, d: table(n, d, exponent=4.0), "fall too fast"),
+        (checks.check_sinusoidal_table, lambda n, d: table(n, d, exponent=1.0), "fall too slowly"),
+        (checks.check_sinusoidal_table, lambda n, d: table(n, d, base=1000.0), "base is not 10000"),
+        (checks.check_sinusoidal_table, lambda n, d: table(n, d, sign=1.0), "negative exponent"),
+        (checks.check_sinusoidal_table, lambda n, d: table(n, d, start=1), "positions start at 1"),
+        (checks.check_sinusoidal_table, lambda n, d: table(n, d).T, "shape"),
+        (checks.check_offset_rotation, lambda k, d: rotation(k, d, transpose=True), "moves positions backwards"),
+        (checks.check_offset_rotation, lambda k, d: rotation(k, d, halves=True), "adjacent features"),
+        (checks.check_offset_rotation, lambda k, d: rotation(k, d, exponent=4.0), "wrong frequency"),
+        (checks.check_offset_rotation, lambda k, d: rotation(1, d), "multiply the angle by the offset"),
+        (checks.check_rotary, lambda x, p: rotary(x, p, neox=True), "GPT-NeoX layout"),
+        (checks.check_rotary, lambda x, p: rotary(x, p, sign=-1.0), "negative angle"),
+        (checks.check_rotary, lambda x, p: rotary(x, p, ignore_positions=True), "positions are ignored"),
+        (checks.check_rotary, lambda x, p: rotary(x, p, exponent=4.0), "fall too fast"),
+        (checks.check_rotary, lambda x, p: rotary(x, p, exponent=1.0), "fall too slowly"),
+    ],
+)
+def test_checker_rejects_typical_mistake(checker, wrong, hint):
+    with pytest.raises(CheckFailed, match=hint):
+        checker(wrong)
