@@ -6,8 +6,9 @@ A stub at top level (not inside a function) is tagged `raises-exception` so nbva
 A markdown cell tagged `answer` becomes a prompt to write one's own answer.
 Outputs and execution counts are cleared.
 
-    python tools/make_exercises.py            # write exercises/
-    python tools/make_exercises.py --check    # exit 1 if exercises/ is out of date
+    python tools/make_exercises.py                                # write every exercises/ notebook
+    python tools/make_exercises.py solutions/02_attention.ipynb   # only this one
+    python tools/make_exercises.py --check                        # exit 1 if exercises/ is out of date
 """
 from __future__ import annotations
 
@@ -82,8 +83,14 @@ def render(nb: nbformat.NotebookNode) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="do not write; fail if exercises/ is out of date")
+    parser.add_argument("notebooks", nargs="*", type=Path, help="solutions notebooks to convert (default: all)")
     args = parser.parse_args(argv)
-    solutions = sorted((ROOT / "solutions").glob("*.ipynb"))
+    every = sorted((ROOT / "solutions").glob("*.ipynb"))
+    solutions = [p.resolve() for p in args.notebooks] or every
+    for path in solutions:
+        if path.parent != ROOT / "solutions" or not path.exists():
+            print(f"{path} is not a notebook in solutions/", file=sys.stderr)
+            return 1
     if not solutions:
         print("no notebooks in solutions/", file=sys.stderr)
         return 1
@@ -103,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
             tmp.write_text(text)
             tmp.replace(target)  # atomic: a failed run never leaves half a notebook
             print(f"wrote {target.relative_to(ROOT)}")
-    extra = sorted(p.name for p in (ROOT / "exercises").glob("*.ipynb") if p.name not in expected_names)
+    extra = [] if args.notebooks else sorted(
+        p.name for p in (ROOT / "exercises").glob("*.ipynb") if p.name not in expected_names
+    )
     if args.check and (stale or extra):
         for name in stale:
             print(f"out of date: {name} (run `make exercises`)", file=sys.stderr)

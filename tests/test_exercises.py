@@ -1,0 +1,71 @@
+"""The exercise generator: exercises/ is in sync with solutions/, and stubs are made as documented."""
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import make_exercises  # noqa: E402
+
+
+def test_exercises_are_in_sync_with_solutions():
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "make_exercises.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, f"exercises/ is out of date; run `make exercises`:\n{result.stderr}"
+
+
+def test_every_solutions_notebook_has_an_exercise_and_a_stub():
+    for path in sorted((ROOT / "solutions").glob("*.ipynb")):
+        exercise = nbformat.read(ROOT / "exercises" / path.name, as_version=4)
+        sources = "\n".join(c.source for c in exercise.cells if c.cell_type == "code")
+        assert "raise NotImplementedError" in sources
+        assert "BEGIN SOLUTION" not in sources and "END SOLUTION" not in sources
+        assert all(not c.get("outputs") for c in exercise.cells if c.cell_type == "code")
+
+
+def _notebook(*cells):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = list(cells)
+    return nb
+
+
+def test_solution_block_becomes_a_stub_and_hints_stay():
+    cell = nbformat.v4.new_code_cell("def f(x):\n    # Hint: double it.\n    # BEGIN SOLUTION\n    y = 2 * x\n    return y\n    # END SOLUTION\n")
+    cell.outputs = [nbformat.v4.new_output("stream", text="old output")]
+    out = make_exercises.make_exercise(_notebook(cell), "nb").cells[0]
+    assert out.source == f'def f(x):\n    # Hint: double it.\n    raise NotImplementedError("{make_exercises.STUB_MESSAGE}")'
+    assert out.outputs == [] and "raises-exception" not in out.metadata.get("tags", [])
+
+
+def test_top_level_stub_is_tagged_to_raise():
+    cell = nbformat.v4.new_code_cell("# BEGIN SOLUTION\nanswer = 42\n# END SOLUTION\nprint(answer)")
+    out = make_exercises.make_exercise(_notebook(cell), "nb").cells[0]
+    assert "raises-exception" in out.metadata["tags"]
+
+
+def test_answer_cells_become_prompts():
+    code = nbformat.v4.new_code_cell("def f():\n    # BEGIN SOLUTION\n    pass\n    # END SOLUTION")
+    answer = nbformat.v4.new_markdown_cell("The model answer.", metadata={"tags": ["answer"]})
+    out = make_exercises.make_exercise(_notebook(code, answer), "nb").cells[1]
+    assert out.source == make_exercises.ANSWER_PROMPT
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("# BEGIN SOLUTION\nx = 1\n", "never closed"),
+        ("x = 1\n# END SOLUTION\n", "without a BEGIN"),
+        ("# BEGIN SOLUTION\n# BEGIN SOLUTION\n# END SOLUTION\n", "inside another"),
+    ],
+)
+def test_malformed_markers_are_reported(source, message):
+    with pytest.raises(ValueError, match=message):
+        make_exercises.make_exercise(_notebook(nbformat.v4.new_code_cell(source)), "nb")
+
+
+def test_a_notebook_without_exercises_is_refused():
+    with pytest.raises(ValueError, match="no '# BEGIN SOLUTION' block"):
+        make_exercises.make_exercise(_notebook(nbformat.v4.new_code_cell("x = 1")), "nb")
