@@ -1,4 +1,5 @@
-"""Encoder and decoder blocks and the models built from them, plus `build_model` and `count_parameters`.
+"""Encoder and decoder blocks and the models built from them, plus `build_model`, `count_parameters`
+and `greedy_decode`.
 
 Chapter 5 (assembling the transformer) explains them; every other chapter uses them.
 """
@@ -55,6 +56,12 @@ class Embeddings(nn.Module):
         self.norm = LayerNorm(config.d_model, config.layer_norm_eps) if config.embedding_norm else None
         self.dropout = nn.Dropout(config.dropout)
         self.scale = math.sqrt(config.d_model) if config.scale_embeddings else 1.0
+        # Small embeddings (std d_model^-1/2, as in Vaswani et al.'s code): a tied output head then
+        # starts with logits of variance ~1 instead of ~d_model, and scale_embeddings=True brings
+        # the token vectors back to unit variance on the way in.
+        for table in (self.tokens, getattr(self.positions, "embedding", None), self.segments):
+            if table is not None:
+                nn.init.normal_(table.weight, std=config.d_model ** -0.5)
 
     def forward(self, ids: Tensor, positions: Tensor, segments: Tensor | None = None) -> Tensor:
         x = self.tokens(ids) * self.scale
@@ -304,3 +311,34 @@ def build_model(config: TransformerConfig) -> nn.Module:
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters, each shared (tied) tensor counted once."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@torch.no_grad()
+def greedy_decode(model: EncoderDecoder, src_ids: Tensor, length: int, start_id: int) -> Tensor:
+    """Target ids (batch, length) for each source, chosen by argmax one token at a time.
+
+    The target starts as the start token; each step runs the decoder over the whole target so far
+    and appends the argmax of the last position's logits. The encoder runs once. No cache: this is
+    the plain full-recomputation reference (chapter 6 makes it fast).
+    """
+    if not isinstance(model, EncoderDecoder):
+        raise TypeError(f"greedy_decode needs an EncoderDecoder, got {type(model).__name__}")
+    if not isinstance(length, int) or length < 1:
+        raise ValueError(f"length={length!r} must be a positive whole number of tokens to generate")
+    if length > model.config.context_length:
+        raise ValueError(
+            f"length={length} needs {length} decoder positions (start token + {length - 1} generated) "
+            f"but the model's context is {model.config.context_length} positions"
+        )
+    if not 0 <= start_id < model.config.vocab_size:
+        raise ValueError(f"start_id={start_id} is outside the vocabulary [0, {model.config.vocab_size - 1}]")
+    was_training = model.training
+    model.eval()
+    memory = model.encode(src_ids)
+    memory_mask = model.source_mask(src_ids)
+    target = torch.full((src_ids.shape[0], 1), start_id, dtype=torch.long, device=src_ids.device)
+    for _ in range(length):
+        logits = model.decode(target, memory, memory_mask)
+        target = torch.cat([target, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
+    model.train(was_training)
+    return target[:, 1:]
