@@ -1,0 +1,219 @@
+"""Checkers for the chapter 5 (assembling the transformer) exercises: blocks, the output head,
+parameter counts and greedy decoding, each compared with the companion and the mistake named."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..config import TransformerConfig
+from ..models import DecoderBlock, EncoderBlock, EncoderDecoder, count_parameters, greedy_decode
+from ._core import Checker, random_tensor
+
+__all__ = [
+    "check_encoder_block", "check_decoder_block", "check_next_token_probabilities", "check_layer_parameters",
+    "check_greedy_decode",
+]
+
+B, T, S, D, H, F = 2, 5, 7, 12, 3, 20  # batch, target seq, source seq, d_model, heads, d_ff: all different
+
+
+def _config(**changes) -> TransformerConfig:
+    base = TransformerConfig(kind="encoder-decoder", vocab_size=11, context_length=16, d_model=D, heads=H,
+                             layers=1, d_ff=F, norm="post", activation="relu")
+    return base.replace(**changes)
+
+
+def _encoder_block(seed: int) -> EncoderBlock:
+    torch.manual_seed(seed)
+    return EncoderBlock(_config()).eval()
+
+
+def _decoder_block(seed: int) -> DecoderBlock:
+    torch.manual_seed(seed)
+    return DecoderBlock(_config(), cross=True).eval()
+
+
+def check_encoder_block(fn) -> bool:
+    """fn(x, block) -> (batch, seq, d_model): the post-LN encoder block of Vaswani et al. 2017 built from
+    block.attention.sublayer, block.attention.norm, block.feed_forward.sublayer, block.feed_forward.norm."""
+    with Checker("check_encoder_block") as c:
+        block = _encoder_block(1)
+        x = random_tensor(B, S, D, seed=2)
+        attn, norm1 = block.attention.sublayer, block.attention.norm
+        ff, norm2 = block.feed_forward.sublayer, block.feed_forward.norm
+        with torch.no_grad():
+            expected = block(x)
+            h = x + attn(norm1(x))
+            pre = h + ff(norm2(h))
+            h = norm1(attn(x))
+            no_residual = norm2(ff(h))
+            h = x + attn(x)
+            no_norm = h + ff(h)
+            h = norm1(x + ff(x))
+            swapped = norm2(h + attn(h))
+        got = c.call(fn, x, block)
+        c.expect_shape(got, (B, S, D), hint="n vectors in, n vectors out, each of width d_model")
+        c.diagnose(got, expected, {
+            "you normalised before each sub-layer, x + F(LN(x)) (pre-LN); this block is post-LN: LN(x + F(x))": pre,
+            "the residual connections are missing: add the sub-layer's input to its output before the norm, "
+            "LN(x + F(x))": no_residual,
+            "the LayerNorms are missing: each sub-layer's sum goes through its norm, LN(x + F(x))": no_norm,
+            "the sub-layers are in the wrong order: self-attention first, then the feed-forward block": swapped,
+        })
+    return c.passed
+
+
+def check_decoder_block(fn) -> bool:
+    """fn(x, memory, block) -> (batch, tgt_seq, d_model): the post-LN decoder block: masked self-attention,
+    cross-attention over memory (the encoder output), feed-forward, each as LN(x + F(x))."""
+    with Checker("check_decoder_block") as c:
+        block = _decoder_block(3)
+        x, memory = random_tensor(B, T, D, seed=4), random_tensor(B, S, D, seed=5)
+        self_attn, n1 = block.attention.sublayer, block.attention.norm
+        cross, n2 = block.cross_attention.sublayer, block.cross_attention.norm
+        ff, n3 = block.feed_forward.sublayer, block.feed_forward.norm
+
+        def assemble(self_causal=True, cross_source="memory", cross_causal=False, cross_first=False) -> Tensor:
+            def do_self(h):
+                return n1(h + self_attn(h, causal=self_causal))
+
+            def do_cross(h):
+                context = memory if cross_source == "memory" else None
+                return n2(h + cross(h, context, causal=cross_causal))
+
+            with torch.no_grad():
+                h = do_self(do_cross(x)) if cross_first else do_cross(do_self(x))
+                return n3(h + ff(h))
+
+        got = c.call(fn, x, memory, block)
+        c.expect_shape(got, (B, T, D), hint="one vector per target position: queries come from x (the decoder), "
+                       "keys and values of the cross-attention from memory")
+        c.diagnose(got, assemble(), {
+            "the self-attention is not masked: pass causal=True so a target position cannot see later ones":
+                assemble(self_causal=False),
+            "the cross-attention reads the decoder's own states; its keys and values come from memory, "
+            "the encoder output: cross(h, memory)": assemble(cross_source="self"),
+            "the cross-attention is causally masked: every target position may read every source position":
+                assemble(cross_causal=True),
+            "the cross-attention comes before the masked self-attention; the order is self, cross, feed-forward":
+                assemble(cross_first=True),
+        })
+    return c.passed
+
+
+def check_next_token_probabilities(fn) -> bool:
+    """fn(hidden, embedding) -> (batch, vocab): next-token probabilities from the last position's
+    hidden state through the tied output projection (the embedding matrix, vocab x d_model), then softmax."""
+    with Checker("check_next_token_probabilities") as c:
+        hidden = random_tensor(B, T, D, seed=6)
+        embedding = random_tensor(11, D, seed=7) * 0.5
+        logits = hidden @ embedding.T  # (batch, seq, vocab)
+        got = c.call(fn, hidden, embedding)
+        c.expect_shape(got, (B, 11), hint="one distribution over the vocabulary per sequence, from its last position")
+        c.diagnose(got, logits[:, -1].softmax(-1), {
+            "these are logits, not probabilities: apply softmax over the vocabulary": logits[:, -1],
+            "you used the first position; the next token comes from the last position, hidden[:, -1]":
+                logits[:, 0].softmax(-1),
+            "the softmax runs over the batch (dim 0); it belongs on the vocabulary (dim -1)": logits[:, -1].softmax(0),
+            "these are log-probabilities: use softmax, not log_softmax": logits[:, -1].log_softmax(-1),
+        }, what="your probabilities")
+    return c.passed
+
+
+def _reference_layer_parameters(d_model: int, d_ff: int, cross: bool) -> int:
+    config = TransformerConfig(kind="encoder-decoder", d_model=d_model, heads=1, d_ff=d_ff)
+    with torch.device("meta"):  # shapes only, no memory
+        block = DecoderBlock(config, cross=True) if cross else EncoderBlock(config)
+    return count_parameters(block)
+
+
+def check_layer_parameters(fn) -> bool:
+    """fn(d_model, d_ff, cross) -> int: parameters of one encoder block (cross=False) or one decoder block
+    with cross-attention (cross=True), with biases and LayerNorm weights, as count_parameters counts them."""
+    with Checker("check_layer_parameters") as c:
+        for d, f in ((24, 40), (512, 2048)):
+            for cross in (False, True):
+                got = c.call(fn, d, f, cross)
+                if isinstance(got, Tensor):
+                    got = got.item()
+                if not isinstance(got, int) or isinstance(got, bool):
+                    c.fail(f"return a whole number (int), got {type(got).__name__}")
+                attentions, norms = (2, 3) if cross else (1, 2)
+                attention, feed_forward, norm = 4 * (d * d + d), 2 * d * f + f + d, 2 * d
+                expected = _reference_layer_parameters(d, f, cross)
+                if got == expected:
+                    continue
+                what = f"for d_model={d}, d_ff={f}, cross={cross} you counted {got:,}, expected {expected:,}"
+                hints = {
+                    attentions * 4 * d * d + 2 * d * f + norms * norm: "the biases are missing: every linear layer "
+                    "has one (d_model per attention projection, d_ff and d_model in the feed-forward block)",
+                    attentions * attention + feed_forward: "the LayerNorms are missing: each sub-layer has one, "
+                    "with a weight and a bias of d_model each",
+                    attentions * 3 * (d * d + d) + feed_forward + norms * norm: "an attention projection is missing: "
+                    "W_Q, W_K, W_V and the output projection W_O, four d_model x d_model matrices",
+                    attentions * attention + 2 * d * f + norms * norm: "the feed-forward biases are missing: "
+                    "d_ff for the first layer and d_model for the second",
+                    attentions * attention + feed_forward + (norms - 1) * norm: "a LayerNorm is missing: one per "
+                    "sub-layer (2 in an encoder block, 3 in a decoder block)",
+                }
+                if cross:
+                    hints[attention + feed_forward + 2 * norm] = ("the decoder block's cross-attention is missing: "
+                                                                  "a second attention and a third LayerNorm")
+                    hints[2 * attention + feed_forward + 2 * norm] = ("the cross-attention's LayerNorm is missing: "
+                                                                      "a decoder block has three")
+                c.fail(f"{what}. {hints[got]}" if got in hints else what)
+    return c.passed
+
+
+def _checker_model() -> EncoderDecoder:
+    # Larger-than-default init so the untrained model's greedy choices vary along the sequence.
+    torch.manual_seed(2)
+    model = EncoderDecoder(_config(layers=2, norm="pre")).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(3.0)
+    return model
+
+
+def _greedy_first_position(model: EncoderDecoder, src: Tensor, length: int, start_id: int) -> Tensor:
+    """A typical mistake, kept for the checker: the next token read from logits[:, 0] instead of [:, -1]."""
+    memory = model.encode(src)
+    target = torch.full((src.shape[0], 1), start_id)
+    for _ in range(length):
+        target = torch.cat([target, model.decode(target, memory)[:, 0].argmax(-1, keepdim=True)], dim=1)
+    return target[:, 1:]
+
+
+def _greedy_start_only(model: EncoderDecoder, src: Tensor, length: int, start_id: int) -> Tensor:
+    """A typical mistake, kept for the checker: one decoder pass over start tokens only, nothing fed back."""
+    logits = model.decode(torch.full((src.shape[0], length), start_id), model.encode(src))
+    return logits.argmax(-1)
+
+
+def check_greedy_decode(fn) -> bool:
+    """fn(model, src_ids, length, start_id) -> (batch, length) target ids chosen by argmax one at a time,
+    each step decoding the whole target so far (start token first, not returned)."""
+    with Checker("check_greedy_decode") as c:
+        model = _checker_model()
+        src = torch.tensor([[3, 1, 4, 1, 5, 9, 2], [6, 5, 3, 5, 8, 9, 7]])
+        length, start = 6, 0
+        got = c.expect_tensor(c.call(fn, model, src, length, start), "your ids")
+        with torch.no_grad():
+            expected = greedy_decode(model, src, length, start)
+            first = _greedy_first_position(model, src, length, start)
+            start_only = _greedy_start_only(model, src, length, start)
+        if tuple(got.shape) == (B, length + 1):
+            c.fail("you returned the start token too: return only the generated tokens, target[:, 1:]")
+        c.expect_shape(got, (B, length), "your ids")
+        if got.dtype.is_floating_point:
+            c.fail(f"your ids have dtype {got.dtype}: return token ids (argmax indices), not logits or probabilities")
+        if not torch.equal(got, expected):
+            if torch.equal(got, first):
+                c.fail("you took the logits of the first position; the next token comes from the last, logits[:, -1]")
+            if torch.equal(got, start_only):
+                c.fail("nothing is fed back: each step appends its chosen token to the target and decodes again")
+            step = int((got != expected).any(0).nonzero()[0])
+            c.fail(f"your tokens first differ at position {step}: got {got[:, step].tolist()}, "
+                   f"expected {expected[:, step].tolist()}")
+    return c.passed
