@@ -5,8 +5,11 @@
 """
 from .attention import MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention, sliding_window_mask
 from .config import TransformerConfig, presets
+from .decoding import KVCache, generate, kv_cache_bytes, new_caches
 from .device import autocast, pick_device, seed_everything
 from .models import DecoderLM, EncoderDecoder, EncoderLM, build_model, count_parameters
+from .predecessors import BagOfTokensMLP, CausalCNN, RNNLM, WindowMLP
+from .training import TrainConfig, train
 
 __all__ = [
     "TransformerConfig", "presets", "build_model", "count_parameters",

@@ -61,14 +61,14 @@ def stdlib_corpus(modules: tuple[str, ...] = STDLIB_MODULES, max_chars: int | No
 
     Deterministic for a given Python version; ASCII only, so bytes and characters coincide.
     """
-    seen: set[int] = set()
+    seen: set[str] = set()  # by content: ids of freed strings are reused, which made the text vary from run to run
     parts: list[str] = []
     for name in modules:
         module = importlib.import_module(name)
         for obj in [module] + [v for _, v in sorted(vars(module).items()) if inspect.isclass(v) or inspect.isfunction(v)]:
             doc = inspect.getdoc(obj)
-            if doc and id(doc) not in seen and len(doc) > 80:
-                seen.add(id(doc))
+            if doc and doc not in seen and len(doc) > 80:
+                seen.add(doc)
                 parts.append(doc.encode("ascii", errors="ignore").decode())
     text = "\n\n".join(parts)
     return text if max_chars is None else text[:max_chars]
@@ -136,3 +136,160 @@ def recall_task(batch: int, length: int, distance: int | Tensor, vocab: int, see
     # The key follows the marker; when distance is 1 the key is also the last token.
     answer = ids[rows, marker_pos + 1].clone()
     return ids, answer
+
+
+def recall_batches(batch: int, length: int, max_distance: int, vocab: int, seed: int = 0):
+    """A function step -> (ids, answer): recall-task batches with distances drawn uniformly from
+    [1, max_distance] for each row, seeded by (seed, step) so every run sees the same data."""
+    if not 1 <= max_distance <= length - 1:
+        raise ValueError(f"max_distance={max_distance} must be in [1, {length - 1}] for length={length}")
+
+    def batch_at(step: int) -> tuple[Tensor, Tensor]:
+        g = _generator(seed * 1_000_003 + step)
+        distances = torch.randint(1, max_distance + 1, (batch,), generator=g)
+        return recall_task(batch, length, distances, vocab, seed=seed * 1_000_003 + step)
+
+    return batch_at
+
+
+def recall_targets(ids: Tensor, ignore_index: int = -100) -> Tensor:
+    """Per-position targets for recall-task sequences (batch, seq): the key at every position from the
+    key onwards, ignore_index before it. Position marker_pos + k asks for the key seen k steps back, so
+    one sequence trains every distance it spans.
+    """
+    markers = ids == 0
+    counts = markers.sum(dim=1)
+    if (counts != 1).any():
+        bad = int((counts != 1).nonzero()[0])
+        raise ValueError(f"row {bad} holds {int(counts[bad])} markers (token 0); each row needs exactly one marker")
+    marker_pos = markers.long().argmax(dim=1)
+    if (marker_pos == ids.shape[1] - 1).any():
+        raise ValueError("a marker (token 0) is the last token, so no key follows it")
+    key = ids[torch.arange(ids.shape[0]), marker_pos + 1]
+    after = torch.arange(ids.shape[1], device=ids.device)[None, :] > marker_pos[:, None]
+    return torch.where(after, key[:, None], torch.full_like(ids, ignore_index))
+
+
+def encode_corpus(text: str, tokenizer, context_length: int) -> Tensor:
+    """The whole text as one 1-D stream of token ids, checked long enough for one context window."""
+    if not text:
+        raise ValueError("the corpus is empty; give some text to train on")
+    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    if len(ids) < context_length:
+        raise ValueError(
+            f"the corpus has {len(ids)} tokens but one training window needs context_length={context_length}; "
+            "give more text or a shorter context"
+        )
+    return ids
+
+
+def _check_windows(ids: Tensor, batch_size: int, seq_len: int, what: str) -> int:
+    if ids.dim() != 1:
+        raise ValueError(f"ids has shape {tuple(ids.shape)}; expected one 1-D stream of token ids")
+    if seq_len < 2:
+        raise ValueError(f"seq_len={seq_len} must be at least 2 (one token in, the next one out)")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be at least 1")
+    if len(ids) < seq_len:
+        raise ValueError(f"the {what} has {len(ids)} tokens, fewer than one window of seq_len={seq_len}")
+    return len(ids) - seq_len + 1
+
+
+def random_windows(ids: Tensor, batch_size: int, seq_len: int, seed: int = 0):
+    """A function step -> (windows,) with windows (batch_size, seq_len): distinct random slices of ids.
+
+    The batch depends only on (seed, step), so a resumed run or another process sees the same data.
+    """
+    starts = _check_windows(ids, batch_size, seq_len, "training split")
+    if batch_size > starts:
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the data: the stream of {len(ids)} tokens holds only "
+            f"{starts} distinct windows of seq_len={seq_len}; use a smaller batch or more text"
+        )
+    offsets = torch.arange(seq_len)
+
+    def batch(step: int) -> tuple[Tensor]:
+        chosen = torch.randperm(starts, generator=_generator(seed * 1_000_003 + step))[:batch_size]
+        return (ids[chosen[:, None] + offsets],)
+
+    return batch
+
+
+def sequential_windows(ids: Tensor, batch_size: int, seq_len: int) -> list[tuple[Tensor]]:
+    """Non-overlapping windows in order, grouped into full batches: a fixed evaluation set."""
+    _check_windows(ids, batch_size, seq_len, "evaluation split")
+    count = len(ids) // seq_len
+    if count < batch_size:
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the data: the split holds {count} windows of "
+            f"seq_len={seq_len}; use a smaller batch or a larger split"
+        )
+    windows = ids[: count * seq_len].view(count, seq_len)
+    return [(windows[i:i + batch_size],) for i in range(0, count - batch_size + 1, batch_size)]
+
+
+def in_context_task(batch: int, pairs: int, symbols: int = 8, rule: str = "lookup", seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Prompts of `pairs` examples "x y" whose rule y = f(x) is drawn afresh for every sequence, so the
+    only way to predict y is from the examples earlier in the same prompt (in-context learning).
+
+    rule "lookup": f is a random table, and x is drawn with replacement, so a later x may repeat an
+    earlier one. rule "shift": f(x) = (x + c) mod symbols for a random c.
+    Token ids: x in [0, symbols), y in [symbols, 2 * symbols).
+    Returns (ids (batch, 2 * pairs), targets) with targets == ids at every y and -100 elsewhere.
+    """
+    _check_task_args(batch, pairs, symbols)
+    if rule not in ("lookup", "shift"):
+        raise ValueError(f"rule={rule!r} is not 'lookup' or 'shift'")
+    g = _generator(seed)
+    x = torch.randint(symbols, (batch, pairs), generator=g)
+    if rule == "lookup":
+        y = torch.randint(symbols, (batch, symbols), generator=g).gather(1, x)
+    else:
+        y = (x + torch.randint(symbols, (batch, 1), generator=g)) % symbols
+    ids = torch.stack([x, y + symbols], dim=-1).reshape(batch, 2 * pairs)
+    targets = torch.full_like(ids, -100)
+    targets[:, 1::2] = ids[:, 1::2]
+    return ids, targets
+
+
+def scrambled_task(text: str, tokenizer, count: int, seq_len: int, unit: str = "word", seed: int = 0) -> tuple[Tensor, Tensor]:
+    """A labelled task built from any text: has this window been scrambled? Half the windows (label 1)
+    have their characters shuffled, within each word (unit="word": "the wrods are all hree") or across
+    the whole window (unit="window"); the other half (label 0) are untouched. Both halves use the same
+    characters, so counting characters cannot tell them apart: it takes knowing how text is ordered,
+    which is what pre-training on the text teaches.
+
+    Returns (ids (count, seq_len), labels (count,)).
+    """
+    if unit not in ("word", "window"):
+        raise ValueError(f"unit={unit!r} is not 'word' or 'window'")
+    if count < 1:
+        raise ValueError(f"count={count} must be at least 1")
+    if len(text) < seq_len + 1:
+        raise ValueError(f"the text has {len(text)} characters, fewer than one window of seq_len={seq_len}")
+    g = _generator(seed)
+    labels = torch.arange(count) % 2
+    rows = []
+    for label in labels.tolist():
+        while True:  # a window that shuffling leaves unchanged is drawn again
+            start = int(torch.randint(len(text) - seq_len, (1,), generator=g))
+            window = text[start:start + seq_len]
+            if not label:
+                break
+            if unit == "window":
+                chars = [window[i] for i in torch.randperm(seq_len, generator=g).tolist()]
+            else:
+                chars = list(window)
+                i = 0
+                while i < seq_len:
+                    j = i
+                    while j < seq_len and window[j].isalpha():
+                        j += 1
+                    for k, m in zip(range(i, j), (i + p for p in torch.randperm(j - i, generator=g).tolist())):
+                        chars[k] = window[m]
+                    i = j + 1
+            if "".join(chars) != window:
+                window = "".join(chars)
+                break
+        rows.append(tokenizer.encode(window))
+    return torch.tensor(rows, dtype=torch.long), labels

@@ -1,0 +1,182 @@
+"""Checkers for the chapter 7 (training objectives) exercises: each compares with the companion and names the mistake."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..training import IGNORE_INDEX, lr_at, mask_tokens, mean_pool
+from ._core import Checker, random_tensor
+
+__all__ = ["check_mask_tokens", "check_next_token_loss", "check_lr_schedule", "check_pool_and_classify", "check_perplexity"]
+
+PAD, MASK, CLS = 0, 1, 2  # special ids in the checkers' small vocabulary
+VOCAB = 30
+
+
+def _mlm_batch(rows: int = 400, seq: int = 50) -> Tensor:
+    """Ordinary tokens with [CLS] first and a varying run of padding at the end of each row."""
+    g = torch.Generator().manual_seed(11)
+    ids = torch.randint(3, VOCAB, (rows, seq), generator=g)
+    ids[:, 0] = CLS
+    lengths = torch.randint(seq // 2, seq + 1, (rows,), generator=g)
+    ids[torch.arange(seq)[None, :] >= lengths[:, None]] = PAD
+    return ids
+
+
+def check_mask_tokens(fn) -> bool:
+    """fn(ids, mask_id, vocab_size, special_ids, generator) -> (inputs, labels), BERT's 15% with 80/10/10."""
+    with Checker("check_mask_tokens") as c:
+        ids = _mlm_batch()
+        kwargs = dict(mask_id=MASK, vocab_size=VOCAB, special_ids=(PAD, CLS))
+        got = c.call(fn, ids.clone(), generator=torch.Generator().manual_seed(0), **kwargs)
+        if not (isinstance(got, tuple) and len(got) == 2):
+            c.fail("return a pair (inputs, labels)")
+        inputs, labels = got
+        c.expect_shape(inputs, tuple(ids.shape), "inputs")
+        c.expect_shape(labels, tuple(ids.shape), "labels")
+        again = c.call(fn, ids.clone(), generator=torch.Generator().manual_seed(0), **kwargs)
+        if not (torch.equal(again[0], inputs) and torch.equal(again[1], labels)):
+            c.fail("two calls with generators seeded alike gave different results: draw every random number with `generator`")
+        special = (ids == PAD) | (ids == CLS)
+        if torch.equal(labels, ids) or torch.equal(labels, inputs):
+            c.fail(f"labels hold a token at every position; set {IGNORE_INDEX} (IGNORE_INDEX) where a token was not "
+                   "selected, so the loss scores only the selected positions")
+        selected = labels != IGNORE_INDEX
+        if (selected & special).any() or (inputs[special] != ids[special]).any():
+            c.fail("special tokens (padding, [CLS]) were selected or changed: select only ordinary tokens")
+        if (inputs[~selected] != ids[~selected]).any():
+            c.fail("tokens that were not selected were changed: only selected positions are corrupted, and each "
+                   "corrupted position needs its label")
+        if torch.equal(labels[selected], inputs[selected]) and not torch.equal(labels[selected], ids[selected]):
+            c.fail("labels hold the corrupted input; they must hold the original token the model should recover")
+        if not torch.equal(labels[selected], ids[selected]):
+            c.fail("at selected positions the labels must be the original tokens")
+        rate = selected.sum().item() / (~special).sum().item()
+        was = ids[selected]
+        now = inputs[selected]
+        masked = (now == MASK).float().mean().item()
+        random_ = ((now != MASK) & (now != was)).float().mean().item()
+        kept = (now == was).float().mean().item()
+        if masked > 0.99 and abs(rate - 0.12) < 0.015:
+            c.fail("only the [MASK]ed positions carry labels: select 15%, then mask 80% of those, replace 10% and "
+                   "keep 10%, and score all the selected ones")
+        if abs(rate - 0.15) > 0.015:
+            c.fail(f"you selected {rate:.1%} of the ordinary tokens; BERT selects 15% (and never special tokens)")
+        if masked > 0.99:
+            c.fail("every selected token became [MASK]: BERT replaces 10% with a random token and keeps 10% unchanged, "
+                   "so the model cannot rely on [MASK] marking what to predict")
+        if random_ < 0.02:
+            c.fail("no selected token was replaced by a random token: 10% of them should be")
+        if kept < 0.05:
+            c.fail("no selected token was left unchanged: 10% of them should keep their original value")
+        if abs(masked - 0.8) > 0.03 or abs(random_ - 0.1) > 0.03 or abs(kept - 0.1) > 0.03:
+            c.fail(f"of the selected tokens {masked:.0%} became [MASK], {random_:.0%} a random token, {kept:.0%} stayed; "
+                   "expected 80%, 10%, 10%")
+        if torch.isin(now[(now != MASK) & (now != was)], torch.tensor([PAD, CLS])).any():
+            c.fail("some random replacements are special tokens (padding or [CLS]): draw them from the ordinary tokens")
+    return c.passed
+
+
+def _padded_lm(seed: int = 4):
+    b, t, v = 3, 7, 11
+    logits = random_tensor(b, t, v, seed=seed) * 2
+    ids = torch.randint(1, v, (b, t), generator=torch.Generator().manual_seed(seed))
+    ids[0, 4:] = PAD
+    ids[2, 6:] = PAD
+    return logits, ids
+
+
+def check_next_token_loss(fn) -> bool:
+    """fn(logits, ids, pad_id) -> mean cross-entropy of logits[:, t] against ids[:, t + 1], padding ignored."""
+    with Checker("check_next_token_loss") as c:
+        logits, ids = _padded_lm()
+        v = logits.shape[-1]
+        ce = lambda lg, tg, **kw: F.cross_entropy(lg.reshape(-1, v), tg.reshape(-1), **kw)  # noqa: E731
+        shifted, targets = logits[:, :-1], ids[:, 1:]
+        per_token = F.cross_entropy(shifted.transpose(1, 2), targets, reduction="none")
+        real = targets != PAD
+        got = c.call(fn, logits, ids, PAD)
+        got = torch.as_tensor(got, dtype=torch.float32)
+        c.expect_shape(got, (), "your loss", hint="return one number (a 0-dim tensor): the mean over real target tokens")
+        c.diagnose(got, ce(shifted, targets, ignore_index=PAD), {
+            "you scored position t against token t: the target of position t is the next token, ids[:, t + 1]":
+                ce(logits, ids, ignore_index=PAD),
+            "the shift goes the wrong way: pair logits[:, :-1] with ids[:, 1:], not logits[:, 1:] with ids[:, :-1]":
+                ce(logits[:, 1:], ids[:, :-1], ignore_index=PAD),
+            "padding targets are counted in the average: ignore targets equal to pad_id (ignore_index=pad_id)":
+                ce(shifted, targets),
+            "you zeroed the padding's loss but still divided by every position; divide by the number of real targets":
+                (per_token * real).sum() / real.numel(),
+            "you averaged each row, then the rows: rows with more padding weigh more per token; average over all "
+            "real target tokens at once": ((per_token * real).sum(1) / real.sum(1)).mean(),
+            "you returned the sum; the loss is the mean over real target tokens": (per_token * real).sum(),
+        }, what="your loss")
+    return c.passed
+
+
+def check_lr_schedule(fn) -> bool:
+    """fn(step, max_lr, warmup_steps, total_steps, min_lr) -> learning rate at that step."""
+    with Checker("check_lr_schedule") as c:
+        peak, warm, total, floor = 1e-3, 10, 50, 1e-4
+        steps = range(total + 5)  # a few steps past the end, where the rate must stay at min_lr
+        got = torch.tensor([float(c.call(fn, s, peak, warm, total, floor)) for s in steps])
+        ref = lambda **kw: torch.tensor([lr_at(s, **{**dict(max_lr=peak, warmup_steps=warm, total_steps=total, min_lr=floor), **kw}) for s in steps])  # noqa: E731
+        decay = lambda p: floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * p))  # noqa: E731
+        c.diagnose(got, ref(), {
+            "the rate at step 0 is 0, so the first step does nothing: warm up with (step + 1) / warmup_steps":
+                torch.tensor([peak * s / warm if s < warm else lr_at(s, max_lr=peak, warmup_steps=warm, total_steps=total, min_lr=floor) for s in steps]),
+            "the cosine ends at 0; it should end at min_lr": ref(min_lr=0.0),
+            "there is no warm-up: the rate starts at max_lr; ramp up linearly over warmup_steps first":
+                torch.tensor([decay(min(1.0, s / total)) for s in steps]),
+            "the cosine is measured from step 0; start it where warm-up ends: progress = (step - warmup_steps) / (total_steps - warmup_steps)":
+                torch.tensor([lr_at(s, max_lr=peak, warmup_steps=warm, total_steps=total, min_lr=floor) if s < warm else decay(min(1.0, s / total)) for s in steps]),
+            "after warm-up the rate falls in a straight line; use the cosine min_lr + 0.5 (max_lr - min_lr)(1 + cos(pi progress))":
+                torch.tensor([lr_at(s, max_lr=peak, warmup_steps=warm, total_steps=total, min_lr=floor) if s < warm else peak - (peak - floor) * min(1.0, (s - warm) / (total - warm)) for s in steps]),
+            "after total_steps the rate climbs again: clamp progress at 1 so it stays at min_lr":
+                torch.tensor([lr_at(s, max_lr=peak, warmup_steps=warm, total_steps=total, min_lr=floor) if s < warm else decay((s - warm) / (total - warm)) for s in steps]),
+        }, what="your schedule (one rate per step)", atol=1e-9, rtol=1e-6)
+    return c.passed
+
+
+def check_pool_and_classify(fn) -> bool:
+    """fn(hidden, keep, head) -> class logits (batch, num_labels): mean over kept positions, then the linear head."""
+    with Checker("check_pool_and_classify") as c:
+        b, t, d, labels = 4, 6, 5, 3
+        hidden = random_tensor(b, t, d, seed=21)
+        keep = torch.arange(t)[None, :] < torch.tensor([6, 3, 4, 1])[:, None]
+        torch.manual_seed(22)
+        head = nn.Linear(d, labels)
+        got = c.call(fn, hidden, keep, head)
+        c.expect_shape(got, (b, labels), "your logits", hint="one row of class scores per sequence")
+        with torch.no_grad():
+            weights = keep.float().unsqueeze(-1)
+            c.diagnose(got, head(mean_pool(hidden, keep)), {
+                "the average includes padding positions: average only where keep is True": head(hidden.mean(1)),
+                "you used the first position only; this head averages over every real position": head(hidden[:, 0]),
+                "you summed the real positions; divide by how many there are": head((hidden * weights).sum(1)),
+                "you took the maximum over positions; this head takes the mean over the real ones":
+                    head(hidden.masked_fill(~keep.unsqueeze(-1), float("-inf")).amax(1)),
+            }, what="your logits")
+    return c.passed
+
+
+def check_perplexity(fn) -> bool:
+    """fn(batch_losses, token_counts) -> perplexity over all tokens, from per-batch mean losses in nats."""
+    with Checker("check_perplexity") as c:
+        losses = torch.tensor([2.1, 1.6, 2.9, 1.2])
+        counts = torch.tensor([500, 120, 40, 900])
+        got = torch.as_tensor(float(c.call(fn, losses.clone(), counts.clone())))
+        mean = (losses * counts).sum() / counts.sum()
+        c.diagnose(got, mean.exp(), {
+            "you averaged the batches' perplexities; average the losses first (weighted by tokens), then take exp":
+                ((losses.exp() * counts).sum() / counts.sum()),
+            "you averaged per-batch perplexities without weights; average the token-weighted loss, then take exp":
+                losses.exp().mean(),
+            "every batch got the same weight; weight each batch's loss by its token count": losses.mean().exp(),
+            "2 ** loss is for losses in bits; cross-entropy gives nats, so use exp": 2 ** mean,
+            "you exponentiated a total; perplexity is exp of the mean loss per token": (losses * counts).sum().exp(),
+        }, what="your perplexity", rtol=1e-4)
+    return c.passed
