@@ -1,11 +1,18 @@
-"""Key/value caches for incremental decoding.
+"""Generation one token at a time: key/value caches, greedy decoding and sampling (temperature, top-k, top-p).
 
 Chapter 6 (decoder inference and the KV cache) explains them.
 """
 from __future__ import annotations
 
+import time
+from typing import Iterator
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from .config import TransformerConfig
+from .device import autocast
+from .models import DecoderLM, EncoderDecoder, check_ids
 
 
 class KVCache:
@@ -26,6 +33,7 @@ class KVCache:
         return self.length
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v (batch heads seq d_head) into the next free slots; return every position stored."""
         new = k.shape[2]
         if self.length + new > self.capacity:
             raise ValueError(
@@ -38,6 +46,11 @@ class KVCache:
 
     def stored(self) -> tuple[Tensor, Tensor]:
         return self.keys[:, :, :self.length], self.values[:, :, :self.length]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the preallocated key and value tensors, used or not."""
+        return self.keys.nbytes + self.values.nbytes
 
 
 class CrossKVCache:
@@ -57,3 +70,208 @@ class CrossKVCache:
         if self.kv is None:
             raise RuntimeError("the cross-attention cache is empty; run one decoding step first")
         return self.kv
+
+
+def new_caches(config: TransformerConfig, batch: int, capacity: int, *,
+               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> list[KVCache]:
+    """One empty self-attention cache per decoder layer, each holding `capacity` positions."""
+    if capacity < 1 or capacity > config.context_length:
+        raise ValueError(f"capacity={capacity} must be in [1, context_length={config.context_length}]")
+    layers = config.n_decoder_layers if config.kind == "encoder-decoder" else config.layers
+    return [KVCache(batch, config.heads, capacity, config.d_head, device, dtype) for _ in range(layers)]
+
+
+def kv_cache_bytes(config: TransformerConfig, positions: int, batch: int = 1, bytes_per_value: int = 4) -> int:
+    """2 (keys and values) * layers * heads * d_head * positions * bytes, for each sequence in the batch."""
+    layers = config.n_decoder_layers if config.kind == "encoder-decoder" else config.layers
+    return 2 * layers * config.heads * config.d_head * positions * bytes_per_value * batch
+
+
+def filter_top_k(logits: Tensor, k: int) -> Tensor:
+    """Keep the k largest logits of each row (vocab is the last axis); set the rest to -inf."""
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"top_k={k!r} must be a whole number >= 1")
+    k = min(k, logits.shape[-1])
+    kth = logits.topk(k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def filter_top_p(logits: Tensor, p: float) -> Tensor:
+    """Nucleus filtering: keep the fewest most likely tokens whose probabilities sum to at least p."""
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"top_p={p!r} must be in (0, 1]; 1 keeps every token")
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    # A token stays if the mass before it is still short of p, so the one that reaches p stays too.
+    drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= p
+    drop = torch.empty_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} must be > 0 to sample, or 0 for greedy decoding")
+    if temperature == 0 and (top_k is not None or top_p is not None):
+        raise ValueError(
+            f"temperature=0 means greedy decoding, which ignores top_k={top_k} and top_p={top_p}; "
+            "give a temperature > 0 to sample"
+        )
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k={top_k!r} must be a whole number >= 1")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p={top_p!r} must be in (0, 1]; 1 keeps every token")
+
+
+def next_token(logits: Tensor, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+               generator: torch.Generator | None = None) -> Tensor:
+    """Pick one token per row of (batch, vocab) logits: argmax when temperature is 0, else a sample
+    from softmax(logits / temperature) restricted by top_k and top_p."""
+    _check_sampling(temperature, top_k, top_p)
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        logits = filter_top_k(logits, top_k)
+    if top_p is not None:
+        logits = filter_top_p(logits, top_p)
+    probs = logits.softmax(dim=-1)
+    # Drawn on the CPU with a CPU generator, so a seed gives the same tokens on any device.
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+
+
+def stream(
+    model: nn.Module,
+    prompt_ids: Tensor,
+    max_new_tokens: int,
+    *,
+    src_ids: Tensor | None = None,
+    use_cache: bool = True,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+) -> Iterator[Tensor]:
+    """Yield the new tokens one step at a time, each (batch,); see `generate` for the arguments.
+
+    The arguments are checked here, before the first step is asked for.
+    """
+    if not isinstance(model, (DecoderLM, EncoderDecoder)):
+        raise TypeError(f"generate needs a DecoderLM or an EncoderDecoder, got {type(model).__name__}")
+    config = model.config
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a whole number >= 0")
+    _check_sampling(temperature, top_k, top_p)
+    check_ids(prompt_ids, config, "prompt_ids")
+    total = prompt_ids.shape[1] + max_new_tokens
+    if total > config.context_length:
+        raise ValueError(
+            f"prompt_ids has {prompt_ids.shape[1]} tokens and max_new_tokens={max_new_tokens}: {total} positions, "
+            f"but the model's context is {config.context_length}; shorten the prompt or ask for fewer tokens"
+        )
+    encoder_decoder = isinstance(model, EncoderDecoder)
+    if encoder_decoder and src_ids is None:
+        raise ValueError("an EncoderDecoder needs src_ids, the source sequence the decoder attends to")
+    if not encoder_decoder and src_ids is not None:
+        raise ValueError("src_ids is only for an EncoderDecoder; a DecoderLM reads its prompt only")
+    if encoder_decoder:
+        check_ids(src_ids, config, "src_ids")
+        if src_ids.shape[0] != prompt_ids.shape[0]:
+            raise ValueError(f"src_ids has batch {src_ids.shape[0]} but prompt_ids has batch {prompt_ids.shape[0]}")
+    return _steps(model, prompt_ids, max_new_tokens, src_ids, use_cache, temperature, top_k, top_p, seed)
+
+
+def _steps(model: nn.Module, prompt_ids: Tensor, max_new_tokens: int, src_ids: Tensor | None, use_cache: bool,
+           temperature: float, top_k: int | None, top_p: float | None, seed: int | None) -> Iterator[Tensor]:
+    config = model.config
+    encoder_decoder = isinstance(model, EncoderDecoder)
+    total = prompt_ids.shape[1] + max_new_tokens
+
+    device = next(model.parameters()).device
+    ids = prompt_ids.to(device)
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()  # dropout would make cached and recomputed steps differ
+    try:
+        # Inference mode (no autograd bookkeeping) and autocast are entered for each step, never around
+        # a `yield`, so the caller's code between steps runs in its own mode.
+        with torch.inference_mode(), autocast(device):
+            memory = model.encode(src_ids.to(device)) if encoder_decoder else None
+            memory_mask = model.source_mask(src_ids.to(device)) if encoder_decoder else None
+            if use_cache:
+                dtype = torch.bfloat16 if device.type == "cuda" else next(model.parameters()).dtype
+                caches = new_caches(config, ids.shape[0], total, device=device, dtype=dtype)
+                cross = [CrossKVCache() for _ in caches] if encoder_decoder else None
+        fed = 0  # positions already in the cache
+        for _ in range(max_new_tokens):
+            with torch.inference_mode(), autocast(device):
+                new_ids = ids[:, fed:] if use_cache else ids
+                args = dict(caches=caches, start_pos=fed) if use_cache else {}
+                if encoder_decoder:
+                    extra = dict(cross_caches=cross) if use_cache else {}
+                    logits = model.decode(new_ids, memory, memory_mask, **args, **extra)
+                else:
+                    logits = model(new_ids, **args)
+                fed = ids.shape[1]
+                token = next_token(logits[:, -1].float(), temperature, top_k, top_p, generator)
+            token = token.clone()  # outside inference mode: an ordinary tensor, usable with autograd
+            ids = torch.cat([ids, token[:, None]], dim=1)
+            yield token
+    finally:
+        model.train(was_training)
+
+
+def generate(
+    model: nn.Module,
+    prompt_ids: Tensor,
+    max_new_tokens: int,
+    *,
+    src_ids: Tensor | None = None,
+    use_cache: bool = True,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+) -> Tensor:
+    """Continue prompt_ids (batch, seq) by max_new_tokens tokens; return (batch, seq + max_new_tokens).
+
+    temperature=0 is greedy (argmax); temperature > 0 samples, optionally from the top_k tokens or
+    the top_p nucleus. seed makes sampling repeatable. use_cache=False recomputes the whole
+    sequence at every step (same tokens, slower). An EncoderDecoder also needs src_ids.
+    """
+    new = list(stream(model, prompt_ids, max_new_tokens, src_ids=src_ids, use_cache=use_cache,
+                      temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
+    prompt = prompt_ids.to(next(model.parameters()).device)
+    return torch.cat([prompt, torch.stack(new, dim=1)], dim=1) if new else prompt.clone()
+
+
+def step_seconds(model: DecoderLM, position: int, *, use_cache: bool, repeats: int = 5, seed: int = 0) -> float:
+    """Wall-clock seconds (best of `repeats`) of the greedy step that predicts the token after
+    `position` earlier ones: one new token against a filled cache, or the whole prefix recomputed."""
+    if not isinstance(model, DecoderLM):
+        raise TypeError(f"step_seconds times a DecoderLM, got {type(model).__name__}")
+    if not 0 <= position < model.config.context_length:
+        raise ValueError(f"position={position} must be in [0, context_length={model.config.context_length})")
+    device = next(model.parameters()).device
+    ids = torch.randint(0, model.config.vocab_size, (1, position + 1), generator=torch.Generator().manual_seed(seed))
+    ids = ids.to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    best = float("inf")
+    with torch.inference_mode(), autocast(device):
+        if use_cache:
+            caches = new_caches(model.config, 1, position + 1, device=device,
+                                dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+            if position:
+                model(ids[:, :position], caches=caches)  # fill the cache once; not timed
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            if use_cache:
+                model(ids[:, position:], caches=caches, start_pos=position)[:, -1].argmax(-1)
+            else:
+                model(ids)[:, -1].argmax(-1)
+            sync()
+            best = min(best, time.perf_counter() - start)
+            if use_cache:
+                for cache in caches:
+                    cache.length = position  # forget the timed token, so the next repeat writes the same slot
+    return best
