@@ -16,5 +16,8 @@ __all__ = [
     "DecoderLM", "EncoderLM", "EncoderDecoder",
     "MultiHeadAttention", "scaled_dot_product_attention", "causal_mask", "padding_mask", "sliding_window_mask",
     "pick_device", "autocast", "seed_everything",
+    "generate", "KVCache", "new_caches", "kv_cache_bytes",
+    "train", "TrainConfig",
+    "WindowMLP", "BagOfTokensMLP", "CausalCNN", "RNNLM",
 ]
 __version__ = "0.1.0"

@@ -1,12 +1,32 @@
-"""The pieces around attention: LayerNorm, RMSNorm, the feed-forward block, and the residual wrapper.
-
-Chapter 4 (residual connections and LayerNorm) explains them.
+"""The pieces around attention: LayerNorm, RMSNorm, the feed-forward block, and the residual wrapper,
+plus the small tools chapter 4 (residual connections and LayerNorm) uses to measure them.
 """
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .attention import MultiHeadAttention
+
+
+def _check_width(x: Tensor, d_model: int, who: str) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{who} takes a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0 or x.shape[-1] != d_model:
+        raise ValueError(f"{who} got x of shape {tuple(x.shape)}; expected the last dim to be d_model={d_model}")
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive whole number")
+
+
+def _check_probability(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}={value} must be in [0, 1)")
 
 
 class LayerNorm(nn.Module):
@@ -17,11 +37,13 @@ class LayerNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = 1e-5):
         super().__init__()
-        self.eps = eps
+        _check_positive(d_model=d_model)
+        self.d_model, self.eps = d_model, eps
         self.weight = nn.Parameter(torch.ones(d_model))
         self.bias = nn.Parameter(torch.zeros(d_model))
 
     def forward(self, x: Tensor) -> Tensor:
+        _check_width(x, self.d_model, "LayerNorm")
         mean = x.mean(dim=-1, keepdim=True)
         var = x.var(dim=-1, keepdim=True, unbiased=False)
         return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
@@ -32,13 +54,16 @@ class RMSNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = 1e-6):
         super().__init__()
-        self.eps = eps
+        _check_positive(d_model=d_model)
+        self.d_model, self.eps = d_model, eps
         self.weight = nn.Parameter(torch.ones(d_model))
 
     def forward(self, x: Tensor) -> Tensor:
+        _check_width(x, self.d_model, "RMSNorm")
         return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight
 
 
+NORMS = ("pre", "post", "none")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
 
@@ -47,14 +72,18 @@ class FeedForward(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", dropout: float = 0.0, bias: bool = True):
         super().__init__()
+        _check_positive(d_model=d_model, d_ff=d_ff)
+        _check_probability("dropout", dropout)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation={activation!r} is not one of {tuple(ACTIVATIONS)}")
+        self.d_model = d_model
         self.up = nn.Linear(d_model, d_ff, bias=bias)
         self.act = ACTIVATIONS[activation]()
         self.down = nn.Linear(d_ff, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)  # inside the block, after the activation
 
     def forward(self, x: Tensor) -> Tensor:
+        _check_width(x, self.d_model, "FeedForward")
         return self.down(self.dropout(self.act(self.up(x))))
 
 
@@ -63,18 +92,68 @@ class Residual(nn.Module):
 
     norm="pre":  x + dropout(F(LN(x)))   (GPT-2 and most modern models)
     norm="post": LN(x + dropout(F(x)))   (Vaswani et al. 2017, BERT)
+    norm="none": x + dropout(F(x))       (no norm at all, for comparison)
+    skip=False drops the "x +" and leaves the norm where it was, so chapter 4 can measure what the
+    skip connection does: F(LN(x)) for pre, LN(F(x)) for post.
     """
 
-    def __init__(self, sublayer: nn.Module, d_model: int, norm: str = "pre", dropout: float = 0.0, eps: float = 1e-5):
+    def __init__(
+        self, sublayer: nn.Module, d_model: int, norm: str = "pre", dropout: float = 0.0, eps: float = 1e-5,
+        *, skip: bool = True,
+    ):
         super().__init__()
-        if norm not in ("pre", "post"):
-            raise ValueError(f"norm={norm!r} is not 'pre' or 'post'")
+        if norm not in NORMS:
+            raise ValueError(f"norm={norm!r} is not one of {NORMS}: 'pre' is x + F(LN(x)), 'post' is LN(x + F(x))")
+        _check_probability("dropout", dropout)
         self.sublayer = sublayer
-        self.norm = LayerNorm(d_model, eps)
+        self.norm = LayerNorm(d_model, eps) if norm != "none" else nn.Identity()
         self.placement = norm
+        self.skip = skip
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        keep = x if self.skip else 0.0
         if self.placement == "pre":
-            return x + self.dropout(self.sublayer(self.norm(x), *args, **kwargs))
-        return self.norm(x + self.dropout(self.sublayer(x, *args, **kwargs)))
+            return keep + self.dropout(self.sublayer(self.norm(x), *args, **kwargs))
+        return self.norm(keep + self.dropout(self.sublayer(x, *args, **kwargs)))
+
+
+def residual_stack(
+    d_model: int, layers: int, *, heads: int = 4, norm: str = "pre", skip: bool = True, activation: str = "gelu",
+) -> nn.Sequential:
+    """`layers` encoder-style layers (attention, then feed-forward, each wrapped in `Residual`), for
+    measuring gradients with and without the skip connection. A final LayerNorm follows pre-norm layers."""
+    _check_positive(d_model=d_model, layers=layers, heads=heads)
+    blocks: list[nn.Module] = []
+    for _ in range(layers):
+        blocks.append(Residual(MultiHeadAttention(d_model, heads), d_model, norm, skip=skip))
+        blocks.append(Residual(FeedForward(d_model, 4 * d_model, activation), d_model, norm, skip=skip))
+    if norm == "pre":
+        blocks.append(LayerNorm(d_model))
+    return nn.Sequential(*blocks)
+
+
+def stream_gradients(blocks: Sequence[nn.Module], x: Tensor, loss_fn: Callable[[Tensor], Tensor]) -> list[Tensor]:
+    """Run x through `blocks` in order, backpropagate loss_fn(output), and return the gradient of the loss
+    with respect to the residual stream at each depth: before every block, and last, at the output."""
+    stream: list[Tensor] = []
+    x = x.detach().requires_grad_(True)
+    for block in blocks:
+        x.retain_grad()
+        stream.append(x)
+        x = block(x)
+    x.retain_grad()
+    stream.append(x)
+    loss_fn(x).backward()
+    return [t.grad.detach() for t in stream]
+
+
+def parameter_gradient_norms(modules: Sequence[nn.Module]) -> list[float]:
+    """The norm of each module's parameter gradients (all its parameters together), after a backward pass."""
+    norms = []
+    for module in modules:
+        grads = [p.grad.flatten() for p in module.parameters() if p.grad is not None]
+        if not grads:
+            raise ValueError(f"{type(module).__name__} has no gradients; call loss.backward() first")
+        norms.append(float(torch.cat(grads).norm()))
+    return norms
