@@ -1,0 +1,293 @@
+"""Predecessors: the interface, the properties chapter 1 claims, clear errors, and checkers that catch mistakes."""
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import einsum
+
+from companion import MultiHeadAttention, count_parameters
+from companion.checks import CheckFailed
+from companion.checks import predecessors as checks
+from companion.data import recall_batches, recall_targets, recall_task
+from companion.predecessors import (
+    BagOfTokensMLP, CausalCNN, RNNLM, WindowMLP, autograd_depth, causal_conv1d, influence_by_distance, receptive_field,
+    recall_accuracy, recall_loss, rnn_loop, rnn_step,
+)
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+V, L = 11, 10
+
+
+def ids(batch=3, length=L, seed=0):
+    return torch.randint(0, V, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: WindowMLP(V, L, 4, 8), lambda: BagOfTokensMLP(V, 4, 8), lambda: CausalCNN(V, 4, 2, 3),
+    lambda: RNNLM(V, 4, "rnn"), lambda: RNNLM(V, 4, "gru"), lambda: RNNLM(V, 4, "lstm"), lambda: RNNLM(V, 4, "rnn", fused=False),
+])
+def test_every_model_maps_ids_to_logits_and_trains(make):
+    torch.manual_seed(0)
+    model = make()
+    out = model(ids())
+    assert out.shape == (3, L, V)
+    out.pow(2).mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_window_mlp_parameters_grow_linearly_with_window():
+    counts = [count_parameters(WindowMLP(V, w, 4, 8)) for w in (4, 8, 12, 16)]
+    steps = {b - a for a, b in zip(counts, counts[1:])}
+    assert len(steps) == 1 and steps.pop() == 4 * (4 * 8 + 8 * V + V)
+
+
+def test_bag_of_tokens_cannot_tell_permutations_apart():
+    torch.manual_seed(0)
+    model, x = BagOfTokensMLP(V, 4, 8), ids()
+    perm = torch.randperm(L)
+    torch.testing.assert_close(model(x)[:, -1], model(x[:, perm])[:, -1], **TOL)
+
+
+def test_window_mlp_tells_permutations_apart():
+    torch.manual_seed(0)
+    model, x = WindowMLP(V, L, 4, 8), ids()
+    assert not torch.allclose(model(x)[:, -1], model(x.flip(1))[:, -1])
+
+
+@pytest.mark.parametrize("layers, kernel, growth, field", [(1, 3, 1, 3), (3, 3, 1, 7), (4, 2, 2, 16), (3, 5, 1, 13)])
+def test_receptive_field_formula(layers, kernel, growth, field):
+    assert receptive_field(layers, kernel, growth) == field
+
+
+@pytest.mark.parametrize("layers, kernel, growth", [(3, 3, 1), (2, 4, 1), (3, 2, 2)])
+def test_cnn_sees_exactly_its_receptive_field(layers, kernel, growth):
+    torch.manual_seed(0)
+    cnn = CausalCNN(V, 6, layers, kernel, growth)
+    influence = influence_by_distance(cnn.mix, torch.randn(2, 20, 6))
+    field = receptive_field(layers, kernel, growth)
+    assert (influence[:field] > 0).all() and (influence[field:] == 0).all()
+
+
+def test_cnn_is_causal_and_shift_equivariant():
+    torch.manual_seed(0)
+    cnn = CausalCNN(V, 6, 2, 3).eval()
+    x = ids(length=12)
+    changed = x.clone()
+    changed[:, 8:] = (changed[:, 8:] + 1) % V
+    torch.testing.assert_close(cnn(x)[:, :8], cnn(changed)[:, :8], **TOL)
+    # Dropping the first token shifts the outputs: beyond the field, each output is unchanged.
+    torch.testing.assert_close(cnn(x[:, 1:])[:, cnn.receptive_field - 1:], cnn(x)[:, cnn.receptive_field:], **TOL)
+
+
+def test_causal_conv1d_matches_left_padded_conv():
+    x, w, b = torch.randn(2, 9, 3), torch.randn(4, 3, 3), torch.randn(4)
+    expected = F.conv1d(F.pad(x.transpose(1, 2), (2, 0)), w, b).transpose(1, 2)
+    torch.testing.assert_close(causal_conv1d(x, w, b), expected, **TOL)
+
+
+def test_rnn_step_loop_matches_fused_rnn():
+    torch.manual_seed(0)
+    cell = torch.nn.RNN(5, 7, batch_first=True)
+    x = torch.randn(3, 11, 5)
+    torch.testing.assert_close(rnn_loop(x, cell), cell(x)[0], **TOL)
+    model = RNNLM(V, 6, "rnn")
+    slow = RNNLM(V, 6, "rnn", fused=False)
+    slow.load_state_dict(model.state_dict())
+    torch.testing.assert_close(slow(ids()), model(ids()), **TOL)
+
+
+def test_rnn_step_formula():
+    x, h, w_xh, w_hh, b = torch.randn(2, 3), torch.randn(2, 4), torch.randn(4, 3), torch.randn(4, 4), torch.randn(4)
+    expected = torch.tanh(x @ w_xh.T + h @ w_hh.T + b)
+    torch.testing.assert_close(rnn_step(x, h, w_xh, w_hh, b), expected, **TOL)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_rnn_is_causal(cell):
+    torch.manual_seed(0)
+    model = RNNLM(V, 6, cell)
+    x = ids()
+    changed = x.clone()
+    changed[:, 6:] = (changed[:, 6:] + 1) % V
+    torch.testing.assert_close(model(x)[:, :6], model(changed)[:, :6], **TOL)
+
+
+def test_rnn_chain_grows_with_length_attention_does_not():
+    torch.manual_seed(0)
+    cell, mha = torch.nn.RNN(4, 4, batch_first=True), MultiHeadAttention(4, 2)
+    depths_rnn = [autograd_depth(rnn_loop(torch.randn(1, n, 4, requires_grad=True), cell)) for n in (8, 16, 32)]
+    depths_attention = [autograd_depth(mha(torch.randn(1, n, 4, requires_grad=True), causal=True)) for n in (8, 16, 32)]
+    # 8 more steps add d, 16 more add 2d: the chain is linear in the length.
+    assert depths_rnn[2] - depths_rnn[1] == 2 * (depths_rnn[1] - depths_rnn[0]) > 0
+    assert len(set(depths_attention)) == 1
+
+
+def test_vanilla_rnn_influence_fades_with_distance():
+    torch.manual_seed(0)
+    model = RNNLM(V, 16, "rnn")
+    influence = influence_by_distance(model.mix, torch.randn(4, 40, 16))
+    assert influence[30] < 1e-3 * influence[0]
+
+
+def test_recall_task_puts_the_key_after_the_marker():
+    x, answer = recall_task(5, 12, torch.tensor([1, 3, 5, 7, 11]), 9, seed=0)
+    for row, d in enumerate([1, 3, 5, 7, 11]):
+        assert x[row, 11 - d] == 0 and (x[row] == 0).sum() == 1
+        assert answer[row] == x[row, 12 - d]
+    assert x.min() >= 0 and (x != 1).all() and x.max() < 9
+
+
+def test_recall_batches_are_deterministic_and_vary_by_step():
+    make = recall_batches(8, 12, 6, 9, seed=3)
+    assert torch.equal(make(0)[0], recall_batches(8, 12, 6, 9, seed=3)(0)[0])
+    assert not torch.equal(make(0)[0], make(1)[0])
+    distances = 11 - (make(5)[0] == 0).float().argmax(1)
+    assert distances.min() >= 1 and distances.max() <= 6
+
+
+def test_recall_targets_ask_for_the_key_from_the_key_onwards():
+    x, answer = recall_task(2, 8, torch.tensor([3, 6]), 9, seed=0)
+    targets = recall_targets(x)
+    assert targets[0].tolist() == [-100] * 5 + [answer[0].item()] * 3
+    assert targets[1].tolist() == [-100] * 2 + [answer[1].item()] * 6
+    assert torch.equal(targets[:, -1], answer)
+
+
+class Oracle(torch.nn.Module):
+    """Knows the rule: puts all its score on the key wherever there is one, on token 2 elsewhere."""
+
+    def __init__(self, vocab, reach=None):
+        super().__init__()
+        self.vocab, self.reach, self.dummy = vocab, reach, torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, ids):
+        targets = recall_targets(ids)
+        if self.reach is not None:  # forget keys further back than `reach`
+            distance = torch.arange(ids.shape[1])[None, :] - (ids == 0).long().argmax(1, keepdim=True)
+            targets = torch.where(distance <= self.reach, targets, -100)
+        return F.one_hot(targets.clamp(min=0).where(targets >= 0, 2), self.vocab).float() * 10 + self.dummy
+
+
+def test_recall_accuracy_is_per_distance():
+    assert torch.equal(recall_accuracy(Oracle(V), 12, V, batch=256), torch.ones(11))
+    acc = recall_accuracy(Oracle(V, reach=4), 12, V, batch=1024)
+    assert (acc[:4] == 1).all() and (acc[4:] < 0.3).all()
+
+
+def test_recall_loss_is_low_for_the_oracle_and_high_for_a_guess():
+    x, answer = recall_task(16, 12, 5, V, seed=0)
+    assert recall_loss(Oracle(V), x, answer) < 1e-3
+    assert recall_loss(Oracle(V, reach=0), x, answer) > 1.0
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: recall_targets(torch.tensor([[0, 3, 0, 4]])), "exactly one marker"),
+    (lambda: recall_targets(torch.tensor([[2, 3, 4, 0]])), "no key follows"),
+    (lambda: WindowMLP(V, 8)(ids(length=9)), "fixed window of 8 tokens"),
+    (lambda: CausalCNN(V, 4, 2, kernel_size=5)(ids(length=3)), "kernel larger than the sequence"),
+    (lambda: RNNLM(V, 4, "transformer"), "cell='transformer'"),
+    (lambda: RNNLM(V, 4, "gru", fused=False), "cell='rnn' only"),
+    (lambda: WindowMLP(V, 0), "window=0"),
+    (lambda: CausalCNN(V, 4, 2, 3)(torch.randn(2, 5)), "integer token ids"),
+    (lambda: RNNLM(V, 4)(torch.tensor([[1, V]])), "vocabulary"),
+    (lambda: receptive_field(0, 3), "layers=0"),
+    (lambda: recall_batches(4, 10, 10, 8), "max_distance=10"),
+    (lambda: recall_task(4, 10, 10, 8), "distance must be in"),
+])
+def test_bad_input_gets_a_clear_error(call, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        call()
+
+
+# --- the exercise checkers accept the reference and reject typical mistakes with the matching hint ---
+
+def mlp_count(vocab, window, d_model, d_hidden):
+    return vocab * d_model + window * d_model * d_hidden + d_hidden + d_hidden * window * vocab + window * vocab
+
+
+def rnn_reference(x, h, w_xh, w_hh, b):
+    return torch.tanh(einsum(x, w_xh, "b i, o i -> b o") + einsum(h, w_hh, "b i, o i -> b o") + b)
+
+
+def recall_reference(batch, length, distance, vocab, seed):
+    return recall_task(batch, length, distance, vocab, seed)
+
+
+def test_checkers_accept_reference_answers(capsys):
+    assert checks.check_mlp_parameter_count(mlp_count)
+    assert checks.check_receptive_field(lambda layers, k: 1 + layers * (k - 1))
+    assert checks.check_causal_conv1d(lambda x, w: causal_conv1d(x, w))
+    assert checks.check_rnn_step(rnn_reference)
+    assert checks.check_recall_batch(recall_reference)
+    assert capsys.readouterr().out.count("passed") == 5
+
+
+def test_checker_reports_stub_as_not_yet(capsys):
+    def stub(*args):
+        raise NotImplementedError("exercise")
+    assert not checks.check_receptive_field(stub)
+    assert "not implemented yet" in capsys.readouterr().out
+
+
+def _recall_marker_late(batch, length, distance, vocab, seed):
+    x, _ = recall_task(batch, length, distance, vocab, seed)
+    x[:, length - 1 - distance] = 5
+    x[:, length - distance] = 0
+    return x, x[:, length - distance + 1]
+
+
+def _recall_filler_with_markers(batch, length, distance, vocab, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, vocab, (batch, length), generator=g)
+    x[:, length - 1 - distance] = 0
+    return x, x[:, length - distance]
+
+
+def _recall_last_token(batch, length, distance, vocab, seed):
+    x, _ = recall_task(batch, length, distance, vocab, seed)
+    return x, x[:, -1]
+
+
+def _recall_same_rows(batch, length, distance, vocab, seed):
+    x, a = recall_task(1, length, distance, vocab, seed)
+    return x.repeat(batch, 1), a.repeat(batch)
+
+
+def _recall_unseeded(batch, length, distance, vocab, seed):
+    return recall_task(batch, length, distance, vocab, seed=int(torch.randint(0, 10**6, ())))
+
+
+def _recall_ignores_seed(batch, length, distance, vocab, seed):
+    return recall_task(batch, length, distance, vocab, seed=0)
+
+
+@pytest.mark.parametrize("checker, wrong, hint", [
+    (checks.check_mlp_parameter_count, lambda v, w, d, h: mlp_count(v, w, d, h) - h - w * v, "left out the biases"),
+    (checks.check_mlp_parameter_count, lambda v, w, d, h: mlp_count(v, w, d, h) - v * d, "embedding table"),
+    (checks.check_mlp_parameter_count, lambda v, w, d, h: v * d + d * h + h + h * v + v, "one position's weights"),
+    (checks.check_mlp_parameter_count, lambda v, w, d, h: v * d + w * d * h + h + h * v + v, "every position of the window"),
+    (checks.check_mlp_parameter_count, lambda v, w, d, h: v * d + w * h + h + h * w * v + w * v, "flattened embeddings"),
+    (checks.check_mlp_parameter_count, lambda v, w, d, h: float(mlp_count(v, w, d, h)), "whole number"),
+    (checks.check_receptive_field, lambda layers, k: layers * k, "overlap"),
+    (checks.check_receptive_field, lambda layers, k: layers * (k - 1), "own position"),
+    (checks.check_receptive_field, lambda layers, k: k**layers, "linearly"),
+    (checks.check_receptive_field, lambda layers, k: k + layers - 1, "not 1"),
+    (checks.check_causal_conv1d, lambda x, w: F.conv1d(x.transpose(1, 2), w, padding=w.shape[-1] // 2).transpose(1, 2), "centred"),
+    (checks.check_causal_conv1d, lambda x, w: F.conv1d(F.pad(x.transpose(1, 2), (0, w.shape[-1] - 1)), w).transpose(1, 2), "padded on the right"),
+    (checks.check_causal_conv1d, lambda x, w: F.conv1d(x.transpose(1, 2), w).transpose(1, 2), "shorter than the input"),
+    (checks.check_causal_conv1d, lambda x, w: causal_conv1d(x, w).transpose(1, 2), "move the channels back"),
+    (checks.check_causal_conv1d, lambda x, w: causal_conv1d(x, w.flip(-1)), "reversed in time"),
+    (checks.check_rnn_step, lambda x, h, wx, wh, b: x @ wx.T + h @ wh.T + b, "tanh is missing"),
+    (checks.check_rnn_step, lambda x, h, wx, wh, b: torch.tanh(x @ wx.T + b), "previous state h is ignored"),
+    (checks.check_rnn_step, lambda x, h, wx, wh, b: torch.tanh(x @ wx.T + h @ wh + b), "transposed"),
+    (checks.check_rnn_step, lambda x, h, wx, wh, b: torch.tanh(x @ wx.T + h @ wh.T), "bias is missing"),
+    (checks.check_rnn_step, lambda x, h, wx, wh, b: torch.tanh(x @ wx.T + h @ wh.T + b).T, "shape"),
+    (checks.check_recall_batch, _recall_marker_late, "one step too late"),
+    (checks.check_recall_batch, _recall_filler_with_markers, "more than once"),
+    (checks.check_recall_batch, _recall_last_token, "the answer is the last token"),
+    (checks.check_recall_batch, _recall_same_rows, "do not look random"),
+    (checks.check_recall_batch, _recall_unseeded, "same seed give different batches"),
+    (checks.check_recall_batch, _recall_ignores_seed, "different seed gives the same batch"),
+])
+def test_checker_rejects_typical_mistake(checker, wrong, hint):
+    with pytest.raises(CheckFailed, match=hint):
+        checker(wrong)
