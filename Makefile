@@ -3,12 +3,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 NBVAL := --nbval-current-env --nbval-cell-timeout=600 -p no:cacheprovider
+# Stored outputs are written and checked with one thread, so a sum's order (and so its last bits)
+# is the same on every machine; the course's models are small enough that one thread costs little.
+ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-.PHONY: help venv book test test-unit test-notebooks exercises solutions serve clean
+.PHONY: help venv book test test-unit test-notebooks test-site exercises solutions serve clean
 
 help:
 	@echo "make book       build the website into _build/html (warnings are errors)"
-	@echo "make test       unit tests, nbval on solutions/ (strict) and exercises/ (lax), sync check, book build"
+	@echo "make test       unit tests, nbval on solutions/ (strict) and exercises/ (lax), sync check, book build, browser test"
+	@echo "make test-site  open every page of the built site in headless Chromium, offline (after make book)"
 	@echo "make exercises  regenerate exercises/ from solutions/"
 	@echo "make solutions  re-execute solutions/ in place (after editing one)"
 	@echo "make serve      serve the built site on http://127.0.0.1:8000"
@@ -23,23 +27,27 @@ $(BIN)/.installed: pyproject.toml
 
 book: venv
 	rm -rf _build/html
+	$(BIN)/python tools/offline_assets.py
 	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
 	@echo "The book is built: open _build/html/index.html"
 
-test: test-unit test-notebooks book
+test: test-unit test-notebooks book test-site
 
 test-unit: venv
 	$(BIN)/python -m pytest tests
 
 test-notebooks: venv
-	$(BIN)/python -m pytest --nbval $(NBVAL) --nbval-sanitize-with tests/nbval_sanitize.cfg solutions
-	$(BIN)/python -m pytest --nbval-lax $(NBVAL) exercises
+	$(ONE_THREAD) $(BIN)/python -m pytest --nbval $(NBVAL) --nbval-sanitize-with tests/nbval_sanitize.cfg solutions
+	$(ONE_THREAD) $(BIN)/python -m pytest --nbval-lax $(NBVAL) exercises
+
+test-site: venv
+	COURSE_SITE=_build/html $(BIN)/python -m pytest tests/test_site.py -p no:cacheprovider
 
 exercises: venv
 	$(BIN)/python tools/make_exercises.py
 
 solutions: venv
-	$(BIN)/python tools/run_notebooks.py solutions/*.ipynb
+	$(ONE_THREAD) $(BIN)/python tools/run_notebooks.py solutions/*.ipynb
 	$(BIN)/python tools/make_exercises.py
 
 serve:
