@@ -6,6 +6,9 @@ NBVAL := --nbval-current-env --nbval-cell-timeout=600 -p no:cacheprovider
 # Stored outputs are written and checked with one thread, so a sum's order (and so its last bits)
 # is the same on every machine; the course's models are small enough that one thread costs little.
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+# Notebook kernels draw figures with matplotlib's inline backend; an MPLBACKEND set for scripts
+# (e.g. Agg on a headless machine) would silently drop every figure from the pages.
+unexport MPLBACKEND
 
 .PHONY: help venv book test test-unit test-notebooks test-site exercises solutions serve clean
 
