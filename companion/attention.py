@@ -86,6 +86,8 @@ def scaled_dot_product_attention(
     """
     _check_qkv(q, k, v, mask)
     q_len, k_len = q.shape[2], k.shape[2]
+    if causal and q_len == 1:
+        causal = False  # one query, placed after every key (decoding with a cache), may see them all
     if causal:
         cm = causal_mask(q_len, k_len, q.device)
         mask = cm if mask is None else mask & cm

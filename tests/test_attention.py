@@ -172,3 +172,10 @@ def test_checker_rejects_missing_output_projection():
         return rearrange(scaled_dot_product_attention(q, k, v, causal=causal), "b h s d -> b s (h d)")
     with pytest.raises(CheckFailed, match="to_out is missing"):
         checks.check_multi_head_attention(no_out)
+
+
+def test_single_cached_query_sees_every_key_on_both_paths():
+    q, k, v = qkv(q=1, k=6)
+    expected = scaled_dot_product_attention(q, k, v, fused=False)
+    for fused in (False, True):
+        torch.testing.assert_close(scaled_dot_product_attention(q, k, v, causal=True, fused=fused), expected, **TOL)
