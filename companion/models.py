@@ -172,6 +172,27 @@ class DecoderLM(nn.Module):
         self.decoder = Stack([DecoderBlock(config, cross=False) for _ in range(config.layers)], config)
         self.head = _LanguageModelHead(config, self.embed.tokens)
 
+    def encode(
+        self,
+        ids: Tensor,
+        *,
+        caches: Sequence[KVCacheLayer] | None = None,
+        start_pos: int = 0,
+        causal: bool = True,
+        mask: Tensor | None = None,
+    ) -> Tensor:
+        """Final hidden states (batch, seq, d_model), before the vocabulary head; each position has
+        seen only itself and earlier positions. A task head can sit on them (chapter 7)."""
+        check_ids(ids, self.config, "ids", start_pos)
+        if caches is not None and len(caches) != len(self.decoder.blocks):
+            raise ValueError(f"caches has {len(caches)} layers but the model has {len(self.decoder.blocks)}")
+        positions = _positions(ids, start_pos)
+        x = self.embed(ids, positions)
+        for i, block in enumerate(self.decoder.blocks):
+            x = block(x, mask=mask, causal=causal, rotary=self.rotary, positions=positions,
+                      cache=None if caches is None else caches[i])
+        return self.decoder.final_norm(x)
+
     def forward(
         self,
         ids: Tensor,
@@ -181,17 +202,10 @@ class DecoderLM(nn.Module):
         causal: bool = True,
         mask: Tensor | None = None,
     ) -> Tensor:
-        """caches/start_pos: decode incrementally (chapter 6). causal=False lets every position see
-        the future, which turns the model into a denoiser rather than a generator (chapter 6)."""
-        check_ids(ids, self.config, "ids", start_pos)
-        if caches is not None and len(caches) != len(self.decoder.blocks):
-            raise ValueError(f"caches has {len(caches)} layers but the model has {len(self.decoder.blocks)}")
-        positions = _positions(ids, start_pos)
-        x = self.embed(ids, positions)
-        for i, block in enumerate(self.decoder.blocks):
-            x = block(x, mask=mask, causal=causal, rotary=self.rotary, positions=positions,
-                      cache=None if caches is None else caches[i])
-        return self.head(self.decoder.final_norm(x))
+        """Next-token logits (batch, seq, vocab). caches/start_pos: decode incrementally (chapter 6).
+        causal=False lets every position see the future, which turns the model into a denoiser
+        rather than a generator (chapter 6)."""
+        return self.head(self.encode(ids, caches=caches, start_pos=start_pos, causal=causal, mask=mask))
 
 
 class EncoderLM(nn.Module):

@@ -98,7 +98,7 @@ class SequenceClassifier(nn.Module):
     def __init__(self, encoder: nn.Module, num_labels: int):
         super().__init__()
         if not hasattr(encoder, "encode"):
-            raise TypeError(f"SequenceClassifier needs an encoder with .encode(ids) (an EncoderLM), got {type(encoder).__name__}")
+            raise TypeError(f"SequenceClassifier needs an encoder with .encode(ids) (an EncoderLM or a DecoderLM), got {type(encoder).__name__}")
         self.encoder = encoder
         self.pad_id = encoder.config.pad_id
         self.head = nn.Linear(encoder.config.d_model, num_labels)

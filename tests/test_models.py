@@ -282,3 +282,11 @@ def with_(fn, **kwargs):
 def test_checker_rejects_typical_mistake(checker, wrong, hint):
     with pytest.raises(CheckFailed, match=hint.replace("(", r"\(").replace(")", r"\)")):
         checker(wrong)
+
+
+def test_decoder_encode_is_forward_without_the_head():
+    torch.manual_seed(0)
+    model = build_model(presets["tiny"]).eval()
+    ids = torch.randint(0, 256, (2, 9))
+    torch.testing.assert_close(model.head(model.encode(ids)), model(ids))
+    assert model.encode(ids).shape == (2, 9, 128)
