@@ -5,13 +5,57 @@ version that the chapter teaches, and the fused `F.scaled_dot_product_attention`
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Protocol
+import threading
+from typing import Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import Tensor, nn
+
+
+# ---------------------------------------------------------------- dropout, switched off per thread
+
+_dropout_switch = threading.local()
+
+
+@contextlib.contextmanager
+def no_dropout() -> Iterator[None]:
+    """Within this block, and in this thread only, every companion dropout is off, whatever
+    `model.training` says; the model itself is not touched.
+
+    Decoding runs each step inside it instead of calling `model.eval()`: a model shared by threads,
+    or one a half-consumed `stream` still holds, keeps its own mode, and another thread training it
+    keeps its dropout. Like `torch.no_grad()`, it nests and is undone on exit.
+    """
+    depth = getattr(_dropout_switch, "depth", 0)
+    _dropout_switch.depth = depth + 1
+    try:
+        yield
+    finally:
+        _dropout_switch.depth = depth
+
+
+def dropout_active(module: nn.Module) -> bool:
+    """True when `module` should drop: it is in training mode and this thread is not inside `no_dropout()`."""
+    return module.training and not getattr(_dropout_switch, "depth", 0)
+
+
+class Dropout(nn.Dropout):
+    """`torch.nn.Dropout` that also stays off inside `no_dropout()`; every companion model uses it."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.dropout(x, self.p, dropout_active(self), self.inplace)
+
+
+# ---------------------------------------------------------------- masks
+
+
+def _check_length(name: str, value, minimum: int = 0) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be a whole number >= {minimum}")
 
 
 def causal_mask(q_len: int, k_len: int | None = None, device: torch.device | str | None = None) -> Tensor:
@@ -20,7 +64,9 @@ def causal_mask(q_len: int, k_len: int | None = None, device: torch.device | str
     Query i sits at absolute position k_len - q_len + i (the queries are the last q_len
     positions, as when decoding with a cache), and may look at keys up to that position.
     """
+    _check_length("q_len", q_len)
     k_len = q_len if k_len is None else k_len
+    _check_length("k_len", k_len)
     if q_len > k_len:
         raise ValueError(f"causal_mask got q_len={q_len} > k_len={k_len}; queries must be the last k_len positions or fewer")
     q_abs = torch.arange(k_len - q_len, k_len, device=device)
@@ -29,8 +75,8 @@ def causal_mask(q_len: int, k_len: int | None = None, device: torch.device | str
 
 def sliding_window_mask(q_len: int, window: int, k_len: int | None = None, device: torch.device | str | None = None) -> Tensor:
     """Causal mask that also hides keys more than `window - 1` positions back (local attention)."""
-    if window < 1:
-        raise ValueError(f"window={window} must be at least 1 (a query always sees itself)")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window={window!r} must be at least 1 (a query always sees itself)")
     k_len = q_len if k_len is None else k_len
     mask = causal_mask(q_len, k_len, device)
     q_abs = torch.arange(k_len - q_len, k_len, device=device)
@@ -39,11 +85,39 @@ def sliding_window_mask(q_len: int, window: int, k_len: int | None = None, devic
 
 def padding_mask(ids: Tensor, pad_id: int) -> Tensor:
     """(batch, 1, 1, k_pos) mask, True at real tokens: every query may look at every non-pad key."""
+    if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        shown = tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__
+        raise ValueError(f"padding_mask: ids={shown} must be a (batch, seq) tensor of integer token ids")
+    if isinstance(pad_id, bool) or not isinstance(pad_id, int):
+        raise TypeError(f"padding_mask: pad_id={pad_id!r} must be a whole number, the id of the padding token")
     return rearrange(ids != pad_id, "batch k_pos -> batch 1 1 k_pos")
 
 
-def _check_qkv(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> None:
+def padding_to_mask(padding: Tensor, batch: int, k_len: int) -> Tensor:
+    """A (batch, k_pos) padding argument, True at real tokens, checked and shaped as a (batch, 1, 1, k_pos) mask."""
+    if not isinstance(padding, Tensor) or padding.dtype != torch.bool:
+        raise TypeError(
+            f"padding={_describe(padding)} must be a torch.bool tensor (batch, seq), True at real tokens; "
+            "e.g. padding=(ids != pad_id)"
+        )
+    if tuple(padding.shape) != (batch, k_len):
+        raise ValueError(
+            f"padding has shape {tuple(padding.shape)}; it must be (batch, seq) = ({batch}, {k_len}), "
+            "one flag per token of every sequence, True at real tokens"
+        )
+    return rearrange(padding, "batch k_pos -> batch 1 1 k_pos")
+
+
+def _describe(x) -> str:
+    if isinstance(x, Tensor):
+        return f"<{x.dtype} tensor of shape {tuple(x.shape)}>"
+    return repr(x) if isinstance(x, (int, float, str, bool, type(None))) else f"<{type(x).__name__}>"
+
+
+def _check_qkv(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float = 0.0) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor) or not t.dtype.is_floating_point:
+            raise TypeError(f"{name}={_describe(t)} must be a floating-point tensor (batch, heads, seq, d_head)")
         if t.dim() != 4:
             raise ValueError(f"{name} has shape {tuple(t.shape)}; expected 4 dims (batch, heads, seq, d_head)")
     if q.shape[:2] != k.shape[:2] or k.shape[:2] != v.shape[:2]:
@@ -52,17 +126,38 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> None:
         raise ValueError(f"q has d_head={q.shape[-1]} but k has d_head={k.shape[-1]}; queries and keys must have the same width")
     if k.shape[2] != v.shape[2]:
         raise ValueError(f"k has {k.shape[2]} positions but v has {v.shape[2]}; every key needs a value")
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p={dropout_p!r} must be a number in [0, 1)")
     if mask is None:
         return
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"mask={_describe(mask)} must be a torch.bool tensor with True where a query may attend")
     if mask.dtype != torch.bool:
         raise TypeError(f"mask has dtype {mask.dtype}; expected torch.bool with True where a query may attend")
-    target = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    try:
-        torch.broadcast_shapes(mask.shape, target)
-    except RuntimeError:
+    check_mask_shape(mask, q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+
+
+def check_mask_shape(mask: Tensor, batch: int, heads: int, q_len: int, k_len: int) -> None:
+    """A mask is (q_pos, k_pos), the same for every sequence and head, or (batch, heads, q_pos, k_pos);
+    each axis matches or is 1 (broadcast). Nothing else: a 2-D mask is always (q_pos, k_pos), never a
+    (batch, seq) padding mask, whatever the sizes. Per-sequence padding goes in the `padding` argument of
+    the models and of MultiHeadAttention, or through `padding_mask`, which gives (batch, 1, 1, k_pos)."""
+    shape = tuple(mask.shape)
+    if mask.dim() not in (2, 4):
         raise ValueError(
-            f"mask has shape {tuple(mask.shape)}, which does not broadcast to (batch, heads, q_pos, k_pos) = {target}"
-        ) from None
+            f"mask has shape {shape} ({mask.dim()} dims); a mask must be 2-D (q_pos, k_pos) or 4-D "
+            "(batch, heads, q_pos, k_pos), e.g. padding_mask(ids, pad_id), which is (batch, 1, 1, k_pos). "
+            "1-D and 3-D masks are refused: which axes they stand for would depend on the sizes"
+        )
+    names = "(q_pos, k_pos)" if mask.dim() == 2 else "(batch, heads, q_pos, k_pos)"
+    target = (q_len, k_len) if mask.dim() == 2 else (batch, heads, q_len, k_len)
+    if any(m not in (1, t) for m, t in zip(shape, target)):
+        hint = ""
+        if mask.dim() == 2 and shape == (batch, k_len):
+            hint = "; it looks like a (batch, seq) padding mask: pass it as padding=..., or use padding_mask(ids, pad_id)"
+        raise ValueError(
+            f"mask has shape {shape}, which does not broadcast to {names} = {target}: each axis must match or be 1{hint}"
+        )
 
 
 def scaled_dot_product_attention(
@@ -78,13 +173,14 @@ def scaled_dot_product_attention(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """softmax(q k^T / sqrt(d_head)) v over (batch, heads, seq, d_head) tensors.
 
-    mask: boolean, True where a query may attend, broadcastable to (batch, heads, q_pos, k_pos).
+    mask: boolean, True where a query may attend: (q_pos, k_pos), the same for every sequence and head,
+    or (batch, heads, q_pos, k_pos) with size-1 axes broadcast (padding_mask gives (batch, 1, 1, k_pos)).
     causal: also hide keys after each query (bottom-right aligned, so it works with a cache).
     fused: use torch's fused kernel (flash / memory-efficient on GPU); False runs the einops path.
     A query row with nothing to attend to (all keys masked) returns zeros on both paths.
     return_weights: also return the (batch, heads, q_pos, k_pos) attention weights (einops path).
     """
-    _check_qkv(q, k, v, mask)
+    _check_qkv(q, k, v, mask, dropout_p)
     q_len, k_len = q.shape[2], k.shape[2]
     if causal and q_len == 1:
         causal = False  # one query, placed after every key (decoding with a cache), may see them all
@@ -111,6 +207,11 @@ def scaled_dot_product_attention(
         weights = F.dropout(weights, p=dropout_p)
     out = einsum(weights, v, "batch heads q_pos k_pos, batch heads k_pos d_head -> batch heads q_pos d_head")
     return (out, weights) if return_weights else out
+
+
+def _check_and(mask: Tensor, pad: Tensor, q: Tensor, k: Tensor) -> Tensor:
+    _check_qkv(q, k, k, mask)
+    return mask & pad
 
 
 class KVCacheLayer(Protocol):
@@ -159,6 +260,7 @@ class MultiHeadAttention(nn.Module):
         context: Tensor | None = None,
         *,
         mask: Tensor | None = None,
+        padding: Tensor | None = None,
         causal: bool = False,
         rotary=None,
         positions: Tensor | None = None,
@@ -166,6 +268,9 @@ class MultiHeadAttention(nn.Module):
         keep_weights: bool = False,
     ) -> Tensor:
         """x: (batch, q_pos, d_model); context: (batch, k_pos, d_model) for cross-attention.
+
+        mask: (q_pos, k_pos), the same for every sequence, or (batch, heads, q_pos, k_pos) with size-1 axes.
+        padding: (batch, k_pos) bool, True at real keys: a per-sequence padding mask, always given here.
 
         rotary/positions: a `RotaryEmbedding` and the absolute positions of x (self-attention).
         cache: keys/values of earlier positions (self-attention while decoding), or the
@@ -191,7 +296,10 @@ class MultiHeadAttention(nn.Module):
                 k, v = cache.append(k, v)
         if rotary is not None:
             q = rotary(q, positions)
-        dropout_p = self.dropout if self.training else 0.0
+        if padding is not None:
+            pad = padding_to_mask(padding, x.shape[0], k.shape[2])
+            mask = pad if mask is None else _check_and(mask, pad, q, k)
+        dropout_p = self.dropout if dropout_active(self) else 0.0
         if keep_weights or self.record_weights:
             out, weights = scaled_dot_product_attention(q, k, v, mask, causal=causal, dropout_p=dropout_p, return_weights=True)
             self.last_weights = weights.detach()

@@ -4,7 +4,8 @@ Chapter 5 (assembling the transformer) explains every field; chapter 2 uses the 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import math
+from dataclasses import dataclass, field, fields, replace
 
 KINDS = ("decoder", "encoder", "encoder-decoder")
 NORMS = ("pre", "post")
@@ -49,33 +50,58 @@ class TransformerConfig:
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
             if not ok:
-                raise ValueError(message)
+                raise ValueError(f"TransformerConfig.{message}")
 
-        need(self.kind in KINDS, f"kind={self.kind!r} is not one of {KINDS}")
-        need(self.norm in NORMS, f"norm={self.norm!r} is not one of {NORMS}; 'pre' is x + F(LN(x)), 'post' is LN(x + F(x))")
-        need(self.positional in POSITIONALS, f"positional={self.positional!r} is not one of {POSITIONALS}")
-        need(self.activation in ACTIVATIONS, f"activation={self.activation!r} is not one of {ACTIVATIONS}")
-        need(self.task_head in TASK_HEADS, f"task_head={self.task_head!r} is not one of {TASK_HEADS}")
+        def whole(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        def number(value) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        def choice(name: str, options, hint: str = "") -> None:
+            value = getattr(self, name)
+            need(isinstance(value, str) and value in options,
+                 f"{name}={value!r} is not one of {tuple(options)}{hint}")
+
+        choice("kind", KINDS)
+        choice("norm", NORMS, "; 'pre' is x + F(LN(x)), 'post' is LN(x + F(x))")
+        choice("positional", POSITIONALS)
+        choice("activation", ACTIVATIONS)
+        choice("task_head", TASK_HEADS)
         for name in ("vocab_size", "context_length", "d_model", "heads", "layers", "num_labels"):
             value = getattr(self, name)
-            need(isinstance(value, int) and value > 0, f"{name}={value!r} must be a positive whole number")
+            need(whole(value) and value > 0, f"{name}={value!r} must be a positive whole number")
         for name in ("d_ff", "decoder_layers"):
             value = getattr(self, name)
-            need(value is None or (isinstance(value, int) and value > 0), f"{name}={value!r} must be a positive whole number or None")
-        need(self.segment_vocab_size >= 0, f"segment_vocab_size={self.segment_vocab_size} must be >= 0")
+            need(value is None or (whole(value) and value > 0), f"{name}={value!r} must be a positive whole number or None")
+        need(whole(self.segment_vocab_size) and self.segment_vocab_size >= 0,
+             f"segment_vocab_size={self.segment_vocab_size!r} must be a whole number >= 0 (0: no segment embeddings)")
         need(
             self.d_model % self.heads == 0,
             f"d_model={self.d_model} is not divisible by heads={self.heads}; d_head = d_model / heads must be a whole number",
         )
         for name in ("dropout", "attention_dropout"):
             value = getattr(self, name)
-            need(0.0 <= value < 1.0, f"{name}={value} must be in [0, 1)")
+            need(number(value) and 0.0 <= value < 1.0, f"{name}={value!r} must be a number in [0, 1)")
+        for name in ("bias", "tie_embeddings", "scale_embeddings", "embedding_norm", "pooler"):
+            value = getattr(self, name)
+            need(isinstance(value, bool), f"{name}={value!r} must be True or False")
+        need(number(self.layer_norm_eps) and self.layer_norm_eps > 0,
+             f"layer_norm_eps={self.layer_norm_eps!r} must be a small positive number such as 1e-5; "
+             "LayerNorm divides by sqrt(variance + eps)")
+        need(number(self.rope_base) and self.rope_base > 1,
+             f"rope_base={self.rope_base!r} must be a number greater than 1, so that frequencies fall from pair to pair")
+        if self.positional == "sinusoidal":
+            need(self.d_model % 2 == 0, f"d_model={self.d_model} must be even for sinusoidal positions: sine and cosine come in pairs")
         if self.positional == "rope":
-            need(self.d_head % 2 == 0, f"rotary positions rotate pairs of features, so d_head={self.d_head} must be even")
+            need(self.d_head % 2 == 0, f"d_head={self.d_head} must be even: rotary positions rotate pairs of features")
         if self.task_head != "none":
             need(self.kind == "encoder", f"task_head={self.task_head!r} needs kind='encoder', got kind={self.kind!r}")
+        if self.pooler:
+            need(self.kind == "encoder", f"pooler=True needs kind='encoder' (BERT's pooler), got kind={self.kind!r}")
         if self.pad_id is not None:
-            need(0 <= self.pad_id < self.vocab_size, f"pad_id={self.pad_id} is outside the vocabulary [0, {self.vocab_size})")
+            need(whole(self.pad_id) and 0 <= self.pad_id < self.vocab_size,
+                 f"pad_id={self.pad_id!r} must be None or a whole number in the vocabulary [0, {self.vocab_size})")
 
     @property
     def d_head(self) -> int:
@@ -92,7 +118,25 @@ class TransformerConfig:
 
     def replace(self, **changes) -> "TransformerConfig":
         """A copy with some fields changed (validated again)."""
+        names = [f.name for f in fields(self)]
+        unknown = sorted(set(changes) - set(names))
+        if unknown:
+            raise TypeError(f"TransformerConfig has no field {unknown[0]!r}; its fields are {', '.join(names)}")
         return replace(self, **changes)
+
+
+class UnknownPresetError(KeyError):
+    """A preset name that does not exist; the message lists the names that do."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Presets(dict):
+    """The named configs; an unknown name is a KeyError that lists the valid ones."""
+
+    def __missing__(self, name):
+        raise UnknownPresetError(f"presets has no config named {name!r}; the presets are {', '.join(map(repr, self))}")
 
 
 def _presets() -> dict[str, TransformerConfig]:
@@ -124,4 +168,4 @@ def _presets() -> dict[str, TransformerConfig]:
     }
 
 
-presets: dict[str, TransformerConfig] = _presets()
+presets: dict[str, TransformerConfig] = Presets(_presets())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from itertools import groupby
 
 import torch
 from torch import Tensor
@@ -20,7 +21,7 @@ class ByteTokenizer:
         return list(text.encode("utf-8"))
 
     def decode(self, ids) -> str:
-        ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+        ids = _token_list(ids, self.vocab_size, "ByteTokenizer")
         return bytes(ids).decode("utf-8", errors="replace")
 
 
@@ -45,8 +46,25 @@ class CharTokenizer:
         return [self.stoi[c] for c in text]
 
     def decode(self, ids) -> str:
-        ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+        ids = _token_list(ids, self.vocab_size, "CharTokenizer")
         return "".join(self.itos[i] for i in ids)
+
+
+def _token_list(ids, vocab_size: int, who: str) -> list[int]:
+    """ids (a 1-D tensor or a sequence of ints) as a list, each checked to be a token id in [0, vocab_size)."""
+    if isinstance(ids, Tensor):
+        if ids.dim() > 1 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise ValueError(f"{who}.decode takes one sequence of integer token ids; got a {ids.dtype} tensor of shape "
+                             f"{tuple(ids.shape)} (decode each row of a batch on its own)")
+        ids = ids.reshape(-1).tolist()
+    elif isinstance(ids, (str, bytes)):
+        raise TypeError(f"{who}.decode takes token ids, got a {type(ids).__name__}; to turn text into ids use encode")
+    else:
+        ids = list(ids)
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab_size:
+            raise ValueError(f"{who}.decode got token id {i!r}; ids must be whole numbers in the vocabulary [0, {vocab_size - 1}]")
+    return ids
 
 
 STDLIB_MODULES = (
@@ -86,13 +104,17 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_task_args(batch: int, length: int, vocab: int, min_vocab: int = 2) -> None:
-    if batch < 1:
-        raise ValueError(f"batch={batch} must be at least 1")
-    if length < 1:
-        raise ValueError(f"length={length} must be at least 1")
-    if vocab < min_vocab:
-        raise ValueError(f"vocab={vocab} must be at least {min_vocab}")
+    if not _whole(batch) or batch < 1:
+        raise ValueError(f"batch={batch!r} must be at least 1")
+    if not _whole(length) or length < 1:
+        raise ValueError(f"length={length!r} must be at least 1")
+    if not _whole(vocab) or vocab < min_vocab:
+        raise ValueError(f"vocab={vocab!r} must be at least {min_vocab}")
 
 
 def copy_task(batch: int, length: int, vocab: int, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -252,6 +274,9 @@ def in_context_task(batch: int, pairs: int, symbols: int = 8, rule: str = "looku
     return ids, targets
 
 
+SCRAMBLE_ATTEMPTS = 1000  # windows drawn in a row, none changed by shuffling, before the text is refused
+
+
 def scrambled_task(text: str, tokenizer, count: int, seq_len: int, unit: str = "word", seed: int = 0) -> tuple[Tensor, Tensor]:
     """A labelled task built from any text: has this window been scrambled? Half the windows (label 1)
     have their characters shuffled, within each word (unit="word": "the wrods are all hree") or across
@@ -263,15 +288,32 @@ def scrambled_task(text: str, tokenizer, count: int, seq_len: int, unit: str = "
     """
     if unit not in ("word", "window"):
         raise ValueError(f"unit={unit!r} is not 'word' or 'window'")
-    if count < 1:
-        raise ValueError(f"count={count} must be at least 1")
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    if not _whole(count) or count < 1:
+        raise ValueError(f"count={count!r} must be at least 1")
+    if not _whole(seq_len) or seq_len < 2:
+        raise ValueError(f"seq_len={seq_len!r} must be a whole number >= 2: one character cannot be scrambled")
     if len(text) < seq_len + 1:
         raise ValueError(f"the text has {len(text)} characters, fewer than one window of seq_len={seq_len}")
+    if unit == "window":
+        changeable = len(set(text)) >= 2
+    else:
+        changeable = any(alpha and len(set(run)) >= 2 for alpha, run in ((a, "".join(r)) for a, r in groupby(text, str.isalpha)))
+    if count > 1 and not changeable:
+        what = "a word of two or more different letters" if unit == "word" else "two or more different characters"
+        raise ValueError(f"text cannot be scrambled with unit={unit!r}: shuffling leaves it unchanged; it needs {what}")
     g = _generator(seed)
     labels = torch.arange(count) % 2
     rows = []
     for label in labels.tolist():
-        while True:  # a window that shuffling leaves unchanged is drawn again
+        for attempt in range(SCRAMBLE_ATTEMPTS + 1):  # a window that shuffling leaves unchanged is drawn again
+            if attempt == SCRAMBLE_ATTEMPTS:
+                what = "a word of two or more different letters" if unit == "word" else "two or more different characters"
+                raise ValueError(
+                    f"text cannot be scrambled with unit={unit!r}: {SCRAMBLE_ATTEMPTS} windows of seq_len={seq_len} "
+                    f"in a row came out of the shuffle unchanged; the text needs windows with {what}"
+                )
             start = int(torch.randint(len(text) - seq_len, (1,), generator=g))
             window = text[start:start + seq_len]
             if not label:

@@ -4,12 +4,14 @@ Chapter 6 (decoder inference and the KV cache) explains them.
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Iterator
 
 import torch
 from torch import Tensor, nn
 
+from .attention import no_dropout
 from .config import TransformerConfig
 from .device import autocast
 from .models import DecoderLM, EncoderDecoder, check_ids
@@ -24,6 +26,9 @@ class KVCache:
 
     def __init__(self, batch: int, heads: int, capacity: int, d_head: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        for name, value in (("batch", batch), ("heads", heads), ("capacity", capacity), ("d_head", d_head)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"KVCache: {name}={value!r} must be a positive whole number")
         self.keys = torch.zeros(batch, heads, capacity, d_head, device=device, dtype=dtype)
         self.values = torch.zeros_like(self.keys)
         self.capacity = capacity
@@ -34,6 +39,13 @@ class KVCache:
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write k, v (batch heads seq d_head) into the next free slots; return every position stored."""
+        slot = (self.keys.shape[0], self.keys.shape[1], self.keys.shape[3])
+        for name, t in (("k", k), ("v", v)):
+            if t.dim() != 4 or (t.shape[0], t.shape[1], t.shape[3]) != slot:
+                raise ValueError(
+                    f"the KV cache was made for (batch, heads, d_head) = {slot} but {name} has shape {tuple(t.shape)}; "
+                    "make the caches with new_caches(config, batch, capacity) for this batch"
+                )
         new = k.shape[2]
         if self.length + new > self.capacity:
             raise ValueError(
@@ -75,8 +87,12 @@ class CrossKVCache:
 def new_caches(config: TransformerConfig, batch: int, capacity: int, *,
                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> list[KVCache]:
     """One empty self-attention cache per decoder layer, each holding `capacity` positions."""
-    if capacity < 1 or capacity > config.context_length:
-        raise ValueError(f"capacity={capacity} must be in [1, context_length={config.context_length}]")
+    if not isinstance(config, TransformerConfig):
+        raise TypeError(f"new_caches takes the model's TransformerConfig (model.config), got {type(config).__name__}")
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= config.context_length:
+        raise ValueError(f"capacity={capacity!r} must be in [1, context_length={config.context_length}]")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch={batch!r} must be a positive whole number, the number of sequences decoded together")
     layers = config.n_decoder_layers if config.kind == "encoder-decoder" else config.layers
     return [KVCache(batch, config.heads, capacity, config.d_head, device, dtype) for _ in range(layers)]
 
@@ -89,7 +105,7 @@ def kv_cache_bytes(config: TransformerConfig, positions: int, batch: int = 1, by
 
 def filter_top_k(logits: Tensor, k: int) -> Tensor:
     """Keep the k largest logits of each row (vocab is the last axis); set the rest to -inf."""
-    if not isinstance(k, int) or k < 1:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"top_k={k!r} must be a whole number >= 1")
     k = min(k, logits.shape[-1])
     kth = logits.topk(k, dim=-1).values[..., -1:]
@@ -98,7 +114,7 @@ def filter_top_k(logits: Tensor, k: int) -> Tensor:
 
 def filter_top_p(logits: Tensor, p: float) -> Tensor:
     """Nucleus filtering: keep the fewest most likely tokens whose probabilities sum to at least p."""
-    if not 0.0 < p <= 1.0:
+    if not _real(p) or not 0.0 < p <= 1.0:
         raise ValueError(f"top_p={p!r} must be in (0, 1]; 1 keeps every token")
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
@@ -108,18 +124,44 @@ def filter_top_p(logits: Tensor, p: float) -> Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def _real(x) -> bool:
+    """A finite int or float, not a bool (True is not a temperature)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be > 0 to sample, or 0 for greedy decoding")
+    if not _real(temperature) or temperature < 0:
+        raise ValueError(f"temperature={temperature!r} must be > 0 to sample, or 0 for greedy decoding (a finite number)")
     if temperature == 0 and (top_k is not None or top_p is not None):
         raise ValueError(
             f"temperature=0 means greedy decoding, which ignores top_k={top_k} and top_p={top_p}; "
             "give a temperature > 0 to sample"
         )
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k={top_k!r} must be a whole number >= 1")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k={top_k!r} must be a whole number >= 1, or None to keep every token")
+    if top_p is not None and (not _real(top_p) or not 0.0 < top_p <= 1.0):
         raise ValueError(f"top_p={top_p!r} must be in (0, 1]; 1 keeps every token")
+
+
+def _check_seed(seed) -> None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise ValueError(f"seed={seed!r} must be None or a whole number >= 0")
+
+
+def _check_logits(logits: Tensor) -> None:
+    if not isinstance(logits, Tensor) or not logits.dtype.is_floating_point or logits.dim() != 2:
+        shown = f"shape {tuple(logits.shape)}, dtype {logits.dtype}" if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"logits ({shown}) must be a floating-point (batch, vocab) tensor")
+    if logits.shape[-1] == 0:
+        raise ValueError(f"logits has shape {tuple(logits.shape)}: an empty vocabulary")
+    bad = torch.isnan(logits).any(-1) | torch.isposinf(logits).any(-1) | torch.isneginf(logits).all(-1)
+    if bad.any():
+        row = int(bad.nonzero()[0])
+        raise FloatingPointError(
+            f"logits row {row} holds NaN or +inf, or only -inf, so no token can be chosen: logits must be finite "
+            "(or -inf for excluded tokens, with at least one finite); a model that gives these has non-finite "
+            "weights or activations"
+        )
 
 
 def next_token(logits: Tensor, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
@@ -127,6 +169,7 @@ def next_token(logits: Tensor, temperature: float = 0.0, top_k: int | None = Non
     """Pick one token per row of (batch, vocab) logits: argmax when temperature is 0, else a sample
     from softmax(logits / temperature) restricted by top_k and top_p."""
     _check_sampling(temperature, top_k, top_p)
+    _check_logits(logits)
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
@@ -158,9 +201,12 @@ def stream(
     if not isinstance(model, (DecoderLM, EncoderDecoder)):
         raise TypeError(f"generate needs a DecoderLM or an EncoderDecoder, got {type(model).__name__}")
     config = model.config
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a whole number >= 0")
     _check_sampling(temperature, top_k, top_p)
+    _check_seed(seed)
+    if not isinstance(use_cache, bool):
+        raise ValueError(f"use_cache={use_cache!r} must be True or False")
     check_ids(prompt_ids, config, "prompt_ids")
     total = prompt_ids.shape[1] + max_new_tokens
     if total > config.context_length:
@@ -189,35 +235,38 @@ def _steps(model: nn.Module, prompt_ids: Tensor, max_new_tokens: int, src_ids: T
     device = next(model.parameters()).device
     ids = prompt_ids.to(device)
     generator = None if seed is None else torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.eval()  # dropout would make cached and recomputed steps differ
-    try:
-        # Inference mode (no autograd bookkeeping) and autocast are entered for each step, never around
-        # a `yield`, so the caller's code between steps runs in its own mode.
-        with torch.inference_mode(), autocast(device):
-            memory = model.encode(src_ids.to(device)) if encoder_decoder else None
-            memory_mask = model.source_mask(src_ids.to(device)) if encoder_decoder else None
-            if use_cache:
-                dtype = torch.bfloat16 if device.type == "cuda" else next(model.parameters()).dtype
-                caches = new_caches(config, ids.shape[0], total, device=device, dtype=dtype)
-                cross = [CrossKVCache() for _ in caches] if encoder_decoder else None
-        fed = 0  # positions already in the cache
-        for _ in range(max_new_tokens):
-            with torch.inference_mode(), autocast(device):
-                new_ids = ids[:, fed:] if use_cache else ids
-                args = dict(caches=caches, start_pos=fed) if use_cache else {}
-                if encoder_decoder:
-                    extra = dict(cross_caches=cross) if use_cache else {}
-                    logits = model.decode(new_ids, memory, memory_mask, **args, **extra)
-                else:
-                    logits = model(new_ids, **args)
-                fed = ids.shape[1]
-                token = next_token(logits[:, -1].float(), temperature, top_k, top_p, generator)
-            token = token.clone()  # outside inference mode: an ordinary tensor, usable with autograd
-            ids = torch.cat([ids, token[:, None]], dim=1)
-            yield token
-    finally:
-        model.train(was_training)
+    # Dropout is switched off for this thread only (no_dropout), never with model.eval(): the model's mode is
+    # shared by every thread using it and would outlive a half-consumed stream. Inference mode (no autograd
+    # bookkeeping), autocast and no_dropout are entered for each step, never around a `yield`, so the
+    # caller's code between steps runs in its own mode.
+    with no_dropout(), torch.inference_mode(), autocast(device):
+        memory = model.encode(src_ids.to(device)) if encoder_decoder else None
+        memory_mask = model.source_mask(src_ids.to(device)) if encoder_decoder else None
+        if use_cache:
+            dtype = torch.bfloat16 if device.type == "cuda" else next(model.parameters()).dtype
+            caches = new_caches(config, ids.shape[0], total, device=device, dtype=dtype)
+            cross = [CrossKVCache() for _ in caches] if encoder_decoder else None
+    fed = 0  # positions already in the cache
+    for step in range(max_new_tokens):
+        with no_dropout(), torch.inference_mode(), autocast(device):
+            new_ids = ids[:, fed:] if use_cache else ids
+            args = dict(caches=caches, start_pos=fed) if use_cache else {}
+            if encoder_decoder:
+                extra = dict(cross_caches=cross) if use_cache else {}
+                logits = model.decode(new_ids, memory, memory_mask, **args, **extra)
+            else:
+                logits = model(new_ids, **args)
+            fed = ids.shape[1]
+            last = logits[:, -1].float()
+            if not torch.isfinite(last).all():
+                raise FloatingPointError(
+                    f"the model's logits at generation step {step} are not finite (NaN or inf), so no token can be "
+                    "chosen: its weights or activations have overflowed; check torch.isfinite on model.parameters()"
+                )
+            token = next_token(last, temperature, top_k, top_p, generator)
+        token = token.clone()  # outside inference mode: an ordinary tensor, usable with autograd
+        ids = torch.cat([ids, token[:, None]], dim=1)
+        yield token
 
 
 def generate(

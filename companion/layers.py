@@ -3,12 +3,13 @@ plus the small tools chapter 4 (residual connections and LayerNorm) uses to meas
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .attention import MultiHeadAttention
+from .attention import Dropout, MultiHeadAttention
 
 
 def _check_width(x: Tensor, d_model: int, who: str) -> None:
@@ -20,13 +21,18 @@ def _check_width(x: Tensor, d_model: int, who: str) -> None:
 
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
-        if not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r} must be a positive whole number")
 
 
 def _check_probability(name: str, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}={value} must be in [0, 1)")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}={value!r} must be a number in [0, 1)")
+
+
+def _check_eps(eps: float) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps={eps!r} must be a small positive number, e.g. 1e-5 (it keeps the division finite)")
 
 
 class LayerNorm(nn.Module):
@@ -38,6 +44,7 @@ class LayerNorm(nn.Module):
     def __init__(self, d_model: int, eps: float = 1e-5):
         super().__init__()
         _check_positive(d_model=d_model)
+        _check_eps(eps)
         self.d_model, self.eps = d_model, eps
         self.weight = nn.Parameter(torch.ones(d_model))
         self.bias = nn.Parameter(torch.zeros(d_model))
@@ -55,6 +62,7 @@ class RMSNorm(nn.Module):
     def __init__(self, d_model: int, eps: float = 1e-6):
         super().__init__()
         _check_positive(d_model=d_model)
+        _check_eps(eps)
         self.d_model, self.eps = d_model, eps
         self.weight = nn.Parameter(torch.ones(d_model))
 
@@ -80,7 +88,7 @@ class FeedForward(nn.Module):
         self.up = nn.Linear(d_model, d_ff, bias=bias)
         self.act = ACTIVATIONS[activation]()
         self.down = nn.Linear(d_ff, d_model, bias=bias)
-        self.dropout = nn.Dropout(dropout)  # inside the block, after the activation
+        self.dropout = Dropout(dropout)  # inside the block, after the activation
 
     def forward(self, x: Tensor) -> Tensor:
         _check_width(x, self.d_model, "FeedForward")
@@ -109,7 +117,7 @@ class Residual(nn.Module):
         self.norm = LayerNorm(d_model, eps) if norm != "none" else nn.Identity()
         self.placement = norm
         self.skip = skip
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         keep = x if self.skip else 0.0

@@ -12,10 +12,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import KVCacheLayer, MultiHeadAttention, padding_mask
+from .attention import Dropout, KVCacheLayer, MultiHeadAttention, no_dropout, padding_mask
 from .config import TransformerConfig
 from .layers import FeedForward, LayerNorm, Residual
 from .positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions
+
+
+def check_start_pos(start_pos) -> None:
+    if isinstance(start_pos, bool) or not isinstance(start_pos, int) or start_pos < 0:
+        raise ValueError(
+            f"start_pos={start_pos!r} must be a whole number >= 0: the position of the first token given "
+            "(with caches, the number of positions already cached)"
+        )
 
 
 def check_ids(ids: Tensor, config: TransformerConfig, name: str = "ids", start_pos: int = 0) -> None:
@@ -26,8 +34,11 @@ def check_ids(ids: Tensor, config: TransformerConfig, name: str = "ids", start_p
         raise TypeError(f"{name} has dtype {ids.dtype}; expected integer token ids (torch.long)")
     if ids.dim() != 2:
         raise ValueError(f"{name} has shape {tuple(ids.shape)}; expected 2 dims (batch, seq)")
+    if ids.shape[0] == 0:
+        raise ValueError(f"{name} has shape {tuple(ids.shape)}: an empty batch; give at least one sequence")
     if ids.shape[1] == 0:
         raise ValueError(f"{name} has shape {tuple(ids.shape)}: an empty sequence; give at least one token")
+    check_start_pos(start_pos)
     end = start_pos + ids.shape[1]
     if end > config.context_length:
         raise ValueError(
@@ -39,6 +50,22 @@ def check_ids(ids: Tensor, config: TransformerConfig, name: str = "ids", start_p
     low, high = int(ids.min()), int(ids.max())
     if low < 0 or high >= config.vocab_size:
         raise ValueError(f"{name} holds token ids in [{low}, {high}] but the vocabulary is [0, {config.vocab_size - 1}]")
+
+
+def check_caches(caches, layers: int, start_pos: int, name: str = "caches") -> None:
+    """Caches must hold one layer each, and exactly the start_pos positions that come before the new tokens."""
+    if caches is None:
+        return
+    if isinstance(caches, (str, bytes)) or not hasattr(caches, "__len__") or not hasattr(caches, "__getitem__"):
+        raise TypeError(f"{name} must be a list of per-layer caches (see new_caches), got {type(caches).__name__}")
+    if len(caches) != layers:
+        raise ValueError(f"{name} has {len(caches)} layers but the model has {layers}; make them with new_caches(config, ...)")
+    for i, cache in enumerate(caches):
+        if len(cache) != start_pos:
+            raise ValueError(
+                f"start_pos={start_pos} but {name}[{i}] already holds {len(cache)} positions; start_pos must be "
+                f"the number of positions already cached ({len(cache)}), or use fresh caches"
+            )
 
 
 class Embeddings(nn.Module):
@@ -54,7 +81,7 @@ class Embeddings(nn.Module):
         }.get(config.positional, lambda: None)()
         self.segments = nn.Embedding(config.segment_vocab_size, config.d_model) if config.segment_vocab_size else None
         self.norm = LayerNorm(config.d_model, config.layer_norm_eps) if config.embedding_norm else None
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.scale = math.sqrt(config.d_model) if config.scale_embeddings else 1.0
         # Small embeddings (std d_model^-1/2, as in Vaswani et al.'s code): a tied output head then
         # starts with logits of variance ~1 instead of ~d_model, and scale_embeddings=True brings
@@ -92,8 +119,9 @@ class EncoderBlock(nn.Module):
             FeedForward(config.d_model, config.ff_width, config.activation, config.dropout, config.bias), config
         )
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, rotary=None, positions: Tensor | None = None) -> Tensor:
-        x = self.attention(x, mask=mask, rotary=rotary, positions=positions)
+    def forward(self, x: Tensor, mask: Tensor | None = None, rotary=None, positions: Tensor | None = None,
+                padding: Tensor | None = None) -> Tensor:
+        x = self.attention(x, mask=mask, padding=padding, rotary=rotary, positions=positions)
         return self.feed_forward(x)
 
 
@@ -115,13 +143,14 @@ class DecoderBlock(nn.Module):
         memory_mask: Tensor | None = None,
         *,
         mask: Tensor | None = None,
+        padding: Tensor | None = None,
         causal: bool = True,
         rotary=None,
         positions: Tensor | None = None,
         cache: KVCacheLayer | None = None,
         cross_cache: KVCacheLayer | None = None,
     ) -> Tensor:
-        x = self.attention(x, mask=mask, causal=causal, rotary=rotary, positions=positions, cache=cache)
+        x = self.attention(x, mask=mask, padding=padding, causal=causal, rotary=rotary, positions=positions, cache=cache)
         if self.cross_attention is not None:
             if memory is None:
                 raise ValueError("this decoder block has cross-attention; pass memory (the encoder output)")
@@ -180,16 +209,22 @@ class DecoderLM(nn.Module):
         start_pos: int = 0,
         causal: bool = True,
         mask: Tensor | None = None,
+        padding: Tensor | None = None,
     ) -> Tensor:
         """Final hidden states (batch, seq, d_model), before the vocabulary head; each position has
-        seen only itself and earlier positions. A task head can sit on them (chapter 7)."""
+        seen only itself and earlier positions. A task head can sit on them (chapter 7).
+
+        mask: (q_pos, k_pos), the same for every sequence (e.g. sliding_window_mask), or 4-D
+        (batch, heads, q_pos, k_pos). padding: (batch, seq) bool, True at real tokens."""
         check_ids(ids, self.config, "ids", start_pos)
-        if caches is not None and len(caches) != len(self.decoder.blocks):
-            raise ValueError(f"caches has {len(caches)} layers but the model has {len(self.decoder.blocks)}")
+        check_caches(caches, len(self.decoder.blocks), start_pos)
+        if caches is not None and padding is not None:
+            raise ValueError("padding cannot be combined with caches: the cached keys have no padding flags; "
+                             "decode without padding, or recompute without caches")
         positions = _positions(ids, start_pos)
         x = self.embed(ids, positions)
         for i, block in enumerate(self.decoder.blocks):
-            x = block(x, mask=mask, causal=causal, rotary=self.rotary, positions=positions,
+            x = block(x, mask=mask, padding=padding, causal=causal, rotary=self.rotary, positions=positions,
                       cache=None if caches is None else caches[i])
         return self.decoder.final_norm(x)
 
@@ -201,11 +236,12 @@ class DecoderLM(nn.Module):
         start_pos: int = 0,
         causal: bool = True,
         mask: Tensor | None = None,
+        padding: Tensor | None = None,
     ) -> Tensor:
         """Next-token logits (batch, seq, vocab). caches/start_pos: decode incrementally (chapter 6).
         causal=False lets every position see the future, which turns the model into a denoiser
-        rather than a generator (chapter 6)."""
-        return self.head(self.encode(ids, caches=caches, start_pos=start_pos, causal=causal, mask=mask))
+        rather than a generator (chapter 6). mask and padding: see `encode`."""
+        return self.head(self.encode(ids, caches=caches, start_pos=start_pos, causal=causal, mask=mask, padding=padding))
 
 
 class EncoderLM(nn.Module):
@@ -227,26 +263,48 @@ class EncoderLM(nn.Module):
             self.mlm_head = _LanguageModelHead(config, self.embed.tokens)
             self.mlm_bias = nn.Parameter(torch.zeros(config.vocab_size))
         elif config.task_head == "classify":
-            self.classifier = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(d, config.num_labels))
+            self.classifier = nn.Sequential(Dropout(config.dropout), nn.Linear(d, config.num_labels))
 
-    def encode(self, ids: Tensor, segments: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
-        """Hidden states (batch, seq, d_model). Pads (config.pad_id) are hidden from attention."""
+    def encode(self, ids: Tensor, segments: Tensor | None = None, mask: Tensor | None = None, *,
+               padding: Tensor | None = None) -> Tensor:
+        """Hidden states (batch, seq, d_model).
+
+        padding: (batch, seq) bool, True at real tokens; by default the tokens equal to config.pad_id
+        are hidden from attention. mask: (q_pos, k_pos), the same for every sequence, or 4-D
+        (batch, heads, q_pos, k_pos); it is combined with the padding."""
         check_ids(ids, self.config)
-        if mask is None and self.config.pad_id is not None:
-            mask = padding_mask(ids, self.config.pad_id)
+        self._check_segments(ids, segments)
+        if padding is None and self.config.pad_id is not None:
+            padding = ids != self.config.pad_id
         positions = _positions(ids, 0)
         x = self.embed(ids, positions, segments)
         for block in self.encoder.blocks:
-            x = block(x, mask=mask, rotary=self.rotary, positions=positions)
+            x = block(x, mask=mask, padding=padding, rotary=self.rotary, positions=positions)
         return self.encoder.final_norm(x)
+
+    def _check_segments(self, ids: Tensor, segments: Tensor | None) -> None:
+        if segments is None:
+            return
+        if self.config.segment_vocab_size == 0:
+            raise ValueError("segments were given but this config has segment_vocab_size=0, so they would be ignored; "
+                             "use a config with segment_vocab_size >= 2 (BERT's sentence A/B)")
+        if not isinstance(segments, Tensor) or segments.dtype.is_floating_point or segments.dtype == torch.bool:
+            raise TypeError(f"segments must be a tensor of integer segment ids like ids, got {segments!r:.80}")
+        if segments.shape != ids.shape:
+            raise ValueError(f"segments has shape {tuple(segments.shape)}; it must match ids, {tuple(ids.shape)}")
+        low, high = int(segments.min()), int(segments.max())
+        if low < 0 or high >= self.config.segment_vocab_size:
+            raise ValueError(f"segments holds ids in [{low}, {high}] but segment_vocab_size={self.config.segment_vocab_size} "
+                             f"allows [0, {self.config.segment_vocab_size - 1}]")
 
     def pool(self, hidden: Tensor) -> Tensor:
         """One vector per sequence: the first token's state, through the pooler if there is one."""
         first = hidden[:, 0]
         return self.pooler(first) if self.pooler is not None else first
 
-    def forward(self, ids: Tensor, segments: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
-        hidden = self.encode(ids, segments, mask)
+    def forward(self, ids: Tensor, segments: Tensor | None = None, mask: Tensor | None = None, *,
+                padding: Tensor | None = None) -> Tensor:
+        hidden = self.encode(ids, segments, mask, padding=padding)
         if self.config.task_head == "mlm":
             return self.mlm_head(self.mlm_transform(hidden)) + self.mlm_bias
         if self.config.task_head == "classify":
@@ -295,6 +353,14 @@ class EncoderDecoder(nn.Module):
     ) -> Tensor:
         """Next-token logits (batch, tgt_seq, vocab) for the target so far, given the encoder output."""
         check_ids(tgt_ids, self.config, "tgt_ids", start_pos)
+        if not isinstance(memory, Tensor) or memory.dim() != 3 or memory.shape[0] != tgt_ids.shape[0] \
+                or memory.shape[-1] != self.config.d_model:
+            shown = tuple(memory.shape) if isinstance(memory, Tensor) else type(memory).__name__
+            raise ValueError(f"memory={shown} must be the encoder output, (batch={tgt_ids.shape[0]}, src_seq, "
+                             f"d_model={self.config.d_model}); get it from model.encode(src_ids)")
+        check_caches(caches, len(self.decoder.blocks), start_pos)
+        if cross_caches is not None and len(cross_caches) != len(self.decoder.blocks):
+            raise ValueError(f"cross_caches has {len(cross_caches)} layers but the model has {len(self.decoder.blocks)}")
         positions = _positions(tgt_ids, start_pos)
         x = self.embed(tgt_ids, positions)
         for i, block in enumerate(self.decoder.blocks):
@@ -306,7 +372,9 @@ class EncoderDecoder(nn.Module):
         return self.head(self.decoder.final_norm(x))
 
     def forward(self, src_ids: Tensor, tgt_ids: Tensor) -> Tensor:
-        if src_ids.dim() == 2 and tgt_ids.dim() == 2 and src_ids.shape[0] != tgt_ids.shape[0]:
+        check_ids(src_ids, self.config, "src_ids")
+        check_ids(tgt_ids, self.config, "tgt_ids")
+        if src_ids.shape[0] != tgt_ids.shape[0]:
             raise ValueError(f"src_ids has batch {src_ids.shape[0]} but tgt_ids has batch {tgt_ids.shape[0]}")
         memory = self.encode(src_ids)
         return self.decode(tgt_ids, memory, self.source_mask(src_ids))
@@ -337,22 +405,22 @@ def greedy_decode(model: EncoderDecoder, src_ids: Tensor, length: int, start_id:
     """
     if not isinstance(model, EncoderDecoder):
         raise TypeError(f"greedy_decode needs an EncoderDecoder, got {type(model).__name__}")
-    if not isinstance(length, int) or length < 1:
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
         raise ValueError(f"length={length!r} must be a positive whole number of tokens to generate")
     if length > model.config.context_length:
         raise ValueError(
             f"length={length} needs {length} decoder positions (start token + {length - 1} generated) "
             f"but the model's context is {model.config.context_length} positions"
         )
-    if not 0 <= start_id < model.config.vocab_size:
-        raise ValueError(f"start_id={start_id} is outside the vocabulary [0, {model.config.vocab_size - 1}]")
-    was_training = model.training
-    model.eval()
-    memory = model.encode(src_ids)
-    memory_mask = model.source_mask(src_ids)
-    target = torch.full((src_ids.shape[0], 1), start_id, dtype=torch.long, device=src_ids.device)
-    for _ in range(length):
-        logits = model.decode(target, memory, memory_mask)
-        target = torch.cat([target, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
-    model.train(was_training)
+    if isinstance(start_id, bool) or not isinstance(start_id, int) or not 0 <= start_id < model.config.vocab_size:
+        raise ValueError(f"start_id={start_id!r} is outside the vocabulary [0, {model.config.vocab_size - 1}]; "
+                         "it must be a whole-number token id")
+    check_ids(src_ids, model.config, "src_ids")
+    with no_dropout():  # as in eval mode, without changing the model's mode (another thread may be training it)
+        memory = model.encode(src_ids)
+        memory_mask = model.source_mask(src_ids)
+        target = torch.full((src_ids.shape[0], 1), start_id, dtype=torch.long, device=src_ids.device)
+        for _ in range(length):
+            logits = model.decode(target, memory, memory_mask)
+            target = torch.cat([target, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
     return target[:, 1:]

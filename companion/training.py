@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .device import autocast
+from .device import autocast, check_device
 
 IGNORE_INDEX = -100  # cross-entropy skips targets with this value: unselected MLM positions, padding
 
@@ -131,15 +132,19 @@ def classify_objective(model: nn.Module, ids: Tensor, labels: Tensor) -> Tensor:
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, batches: Iterable[tuple], loss_fn: Callable[..., Tensor], *, device=None) -> float:
     """The mean of loss_fn over batches (give equal-sized batches), in eval mode and without gradients."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = check_device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for batch in batches:
-        with autocast(device):
-            total += float(loss_fn(model, *(t.to(device) if isinstance(t, Tensor) else t for t in batch)))
-        count += 1
-    model.train(was_training)
+    try:
+        for batch in batches:
+            batch = _check_batch(batch, f"batch {count}")
+            with autocast(device):
+                loss = _check_loss(loss_fn(model, *(t.to(device) if isinstance(t, Tensor) else t for t in batch)), need_grad=False)
+            total += float(loss)
+            count += 1
+    finally:
+        model.train(was_training)
     if count == 0:
         raise ValueError("evaluate_loss got no batches; the validation split is too small for one batch")
     return total / count
@@ -150,6 +155,12 @@ def evaluate_loss(model: nn.Module, batches: Iterable[tuple], loss_fn: Callable[
 
 @dataclass
 class TrainConfig:
+    """How train() runs. Checked when made, and again when train() starts (the fields can be reassigned).
+
+    max_loss_ratio: stop with FloatingPointError once a loss exceeds this multiple of the run's first loss
+    (the run has diverged, even if the loss is still finite); None turns the check off.
+    """
+
     steps: int = 200
     lr: float = 3e-3
     warmup_steps: int = 20
@@ -159,16 +170,38 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     progress: bool = True
     log_every: int = 1
+    max_loss_ratio: float | None = 100.0
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps={self.steps} must be at least 1")
-        if not 0 <= self.warmup_steps <= self.steps:
-            raise ValueError(f"warmup_steps={self.warmup_steps} must be in [0, steps={self.steps}]")
-        if self.lr <= 0:
-            raise ValueError(f"lr={self.lr} must be positive")
-        if self.log_every < 1:
-            raise ValueError(f"log_every={self.log_every} must be at least 1")
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first setting that cannot train."""
+        def need(ok: bool, name: str, expected: str) -> None:
+            if not ok:
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} must be {expected}")
+
+        whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+        need(whole(self.steps) and self.steps >= 1, "steps", "a whole number >= 1")
+        need(whole(self.warmup_steps) and 0 <= self.warmup_steps <= self.steps, "warmup_steps",
+             f"a whole number in [0, steps={self.steps}]")
+        need(_finite(self.lr) and self.lr > 0, "lr", "a positive finite number")
+        need(_finite(self.min_lr) and 0 <= self.min_lr <= self.lr, "min_lr",
+             f"a finite number in [0, lr={self.lr}]: the rate decays from lr down to min_lr")
+        need(_finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a finite number >= 0")
+        need(self.grad_clip is None or (_finite(self.grad_clip) and self.grad_clip > 0), "grad_clip",
+             "a positive number or None (no clipping)")
+        need(isinstance(self.betas, (tuple, list)) and len(self.betas) == 2
+             and all(_finite(b) and 0 <= b < 1 for b in self.betas), "betas",
+             "a pair of numbers in [0, 1), Adam's (beta1, beta2) such as (0.9, 0.95)")
+        need(isinstance(self.progress, bool), "progress", "True or False")
+        need(whole(self.log_every) and self.log_every >= 1, "log_every", "a whole number >= 1")
+        need(self.max_loss_ratio is None or (_finite(self.max_loss_ratio) and self.max_loss_ratio > 1), "max_loss_ratio",
+             "a number > 1 or None (no divergence check)")
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 @dataclass
@@ -210,7 +243,7 @@ def _shard(batch: tuple, rank: int, world: int) -> tuple:
 def _comparable(config: TrainConfig) -> dict:
     """The settings that change the result (not how progress is shown)."""
     d = asdict(config)
-    d.pop("progress"), d.pop("log_every")
+    d.pop("progress"), d.pop("log_every"), d.pop("max_loss_ratio")  # how progress is shown; a guard
     d["betas"] = tuple(d["betas"])
     return d
 
@@ -226,6 +259,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
 
     Written to a temporary file and renamed, so a crash never leaves half a checkpoint in place.
     """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {str(path)!r} is a directory; give a file path such as {str(path / 'run.pt')!r}")
     model = getattr(model, "module", model)  # unwrap DDP
     model_config = getattr(model, "config", None)
     state = {
@@ -235,11 +271,67 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    # A temporary name of its own in the same directory (so the rename is atomic, and two writers never
+    # share one), flushed to disk before it replaces the checkpoint, and removed if anything fails.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+CHECKPOINT_KEYS = ("format", "step", "model", "optimizer", "model_config", "train_config", "history", "rng")
+
+
+def _read_checkpoint(path: Path) -> dict:
+    """The checkpoint's contents, or ValueError saying why the file is not a readable checkpoint."""
+    def unreadable(why: str) -> ValueError:
+        return ValueError(f"checkpoint {str(path)!r} is not a readable checkpoint: {why}. Nothing was loaded")
+
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {str(path)!r} is a directory, not a checkpoint file; give the file inside it")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise unreadable("the file is empty (0 bytes), as a write cut off at the start leaves it")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch reports a damaged file in many ways: OSError, EOFError, RuntimeError, ...
+        text = str(error).strip()
+        detail = text.splitlines()[0].split(". ")[0][:160] if text else "no detail"
+        raise unreadable(f"torch.load failed with {type(error).__name__} ({detail}); the file is truncated, "
+                         "corrupt, or not a file torch.save wrote") from error
+    if not isinstance(state, dict):
+        raise unreadable(f"it holds a {type(state).__name__}, not the dict that save_checkpoint writes")
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise unreadable(f"it has no {', '.join(map(repr, missing))}, so save_checkpoint (companion.training) did not "
+                         "write it; a bare state_dict loads with model.load_state_dict(torch.load(path))")
+    if state["format"] != 1:
+        raise unreadable(f"it is format {state['format']!r}; this version reads format 1")
+    return state
 
 
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
@@ -249,9 +341,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     Refuses, before changing anything, a checkpoint written for another model or training config.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _read_checkpoint(path)
     model = getattr(model, "module", model)
     model_config = getattr(model, "config", None)
     problems = []
@@ -263,6 +353,11 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     saved_shapes = {k: tuple(v.shape) for k, v in state["model"].items()}
     if not problems and shapes != saved_shapes:
         problems.append("the parameter names or shapes differ")
+    if not problems and optimizer is not None:
+        saved_groups = [len(g["params"]) for g in state["optimizer"].get("param_groups", [])]
+        groups = [len(g["params"]) for g in optimizer.param_groups]
+        if saved_groups != groups:
+            problems.append(f"the optimizer has parameter groups of sizes {groups} here, {saved_groups} there")
     if problems:
         raise ValueError(
             f"checkpoint {str(path)!r} was written by another run: " + "; ".join(problems[:6])
@@ -277,6 +372,60 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     h = state["history"]
     return state["step"], History(list(h["steps"]), list(h["losses"]), list(h["lrs"]), dict(h["evals"]))
+
+
+def _check_batch(batch, where: str) -> tuple:
+    """A batch is a tuple (or list) of tensors and other arguments for loss_fn; none of its tensors is empty."""
+    if isinstance(batch, Tensor):
+        raise TypeError(
+            f"{where} is a bare tensor of shape {tuple(batch.shape)}; a batch must be a tuple, e.g. (ids,), "
+            "which train passes on as loss_fn(model, *batch)"
+        )
+    if not isinstance(batch, (tuple, list)):
+        raise TypeError(f"{where} is a {type(batch).__name__}; a batch must be a tuple of tensors, e.g. (ids,) or (inputs, labels)")
+    for t in batch:
+        if isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == 0:
+            raise ValueError(f"{where} is empty: it holds a tensor of shape {tuple(t.shape)}; every batch needs at least one example")
+    return tuple(batch)
+
+
+def _check_loss(loss, *, need_grad: bool = True) -> Tensor:
+    if not isinstance(loss, Tensor):
+        raise TypeError(f"loss_fn returned a {type(loss).__name__}; it must return a scalar torch.Tensor (one number)")
+    if loss.numel() != 1:
+        raise ValueError(
+            f"loss_fn returned a tensor of shape {tuple(loss.shape)}; it must return a scalar (one number), "
+            "e.g. the mean over the batch (F.cross_entropy does this by default)"
+        )
+    if need_grad and not loss.requires_grad:
+        raise ValueError(
+            "loss_fn returned a loss that does not depend on the model's trainable weights (requires_grad=False); "
+            "compute it from model(...) and not under torch.no_grad()"
+        )
+    return loss.reshape(())
+
+
+def _nonfinite_parameter(model: nn.Module) -> str | None:
+    """The name of the first parameter holding NaN or inf, or None when every weight is finite."""
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p.detach()).all():
+            return name
+    return None
+
+
+def _gradient_norm(parameters: list[nn.Parameter], grad_clip: float | None) -> Tensor:
+    """The total gradient norm; with grad_clip, the gradients are clipped to it as well."""
+    if grad_clip is not None:
+        return nn.utils.clip_grad_norm_(parameters, grad_clip)
+    grads = [p.grad.detach() for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+
+def _check_count(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name}={value!r} must be a whole number >= 0 (0: never)")
 
 
 def train(
@@ -300,12 +449,40 @@ def train(
     of the step); it is written every save_every steps and at the end.
     Under torchrun each process takes its share of the global batch and DDP averages the gradients,
     so the result matches one process on the whole batch.
+    A run that diverges stops with FloatingPointError: a loss that is not finite or grows past
+    config.max_loss_ratio times the first one, or gradients that are not finite (the weights are then not
+    updated), or weights that are not finite.
     """
-    config = config or TrainConfig()
+    config = TrainConfig() if config is None else config
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    config.validate()  # again: a TrainConfig's fields can be reassigned after it is made
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"model ({type(model).__name__}) has no trainable parameters")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be a function loss_fn(model, *batch) -> scalar tensor, got {type(loss_fn).__name__}")
+    _check_count("eval_every", eval_every)
+    _check_count("save_every", save_every)
+    if evaluate is not None and not callable(evaluate):
+        raise TypeError(f"evaluate must be a function evaluate(model) -> number, got {type(evaluate).__name__}")
+    if (evaluate is None) != (eval_every == 0):
+        raise ValueError(f"evaluate and eval_every go together: got evaluate={'a function' if evaluate else None} and "
+                         f"eval_every={eval_every}; give both (evaluate every eval_every steps) or neither")
+    if save_every and checkpoint is None:
+        raise ValueError(f"save_every={save_every} but no checkpoint path was given; pass checkpoint='run.pt'")
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        raise IsADirectoryError(f"checkpoint {str(checkpoint)!r} is a directory; give a file path such as "
+                                f"{str(Path(checkpoint) / 'run.pt')!r}")
+    bad = _nonfinite_parameter(model)
+    if bad is not None:
+        raise ValueError(f"the model's weights are not finite before training ({bad} holds NaN or inf); "
+                         "build the model again or load a good checkpoint")
     rank, world = init_distributed()
     if device is None and world > 1 and torch.cuda.is_available():
         device = torch.device("cuda", torch.cuda.current_device())
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = check_device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     optimizer = optimizer or torch.optim.AdamW(
         model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
@@ -315,7 +492,19 @@ def train(
     start, history = 0, History()
     if checkpoint is not None and Path(checkpoint).exists():
         start, history = load_checkpoint(checkpoint, model, optimizer, config)
-    get_batch = batches if callable(batches) else (lambda _step, it=iter(batches): next(it))
+    if callable(batches):
+        get_batch = batches
+    else:
+        try:
+            iterator = iter(batches)
+        except TypeError:
+            raise TypeError(f"batches must be a function step -> batch or an iterable of batches, "
+                            f"got {type(batches).__name__}") from None
+
+        def get_batch(step: int):
+            return next(iterator)
+    reference = history.losses[0] if history.losses else None  # the run's first loss, for max_loss_ratio
+    parameters = [p for p in model.parameters() if p.requires_grad]
     runner = model
     if world > 1:
         runner = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -326,31 +515,63 @@ def train(
         lr = lr_at(step, max_lr=config.lr, warmup_steps=config.warmup_steps, total_steps=config.steps, min_lr=config.min_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = _shard(tuple(t.to(device) if isinstance(t, Tensor) else t for t in get_batch(step)), rank, world)
+        try:
+            batch = get_batch(step)
+        except StopIteration:
+            raise ValueError(
+                f"batches ran out at step {step} of config.steps={config.steps} (after {step - start} batches); "
+                "give at least that many, or a function step -> batch"
+            ) from None
+        batch = _check_batch(batch, f"the batch for step {step}")
+        batch = _shard(tuple(t.to(device) if isinstance(t, Tensor) else t for t in batch), rank, world)
         with autocast(device):
-            loss = loss_fn(runner, *batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss became {loss.item()} at step {step}; lower lr (now {lr:.3g}) or add warm-up")
+            loss = _check_loss(loss_fn(runner, *batch))
+        value = loss.item()
+        if not math.isfinite(value):
+            bad = _nonfinite_parameter(model)
+            raise FloatingPointError(
+                f"the loss became {value} at step {step}; lower lr (now {lr:.3g}) or add warm-up"
+                + (f" (the weights are no longer finite: {bad} holds NaN or inf)" if bad else "")
+            )
+        if reference is None:
+            reference = value
+        elif config.max_loss_ratio is not None and reference > 0 and value > config.max_loss_ratio * reference:
+            raise FloatingPointError(
+                f"the loss became {value:.4g} at step {step}, {value / reference:.3g} times the first loss "
+                f"({reference:.4g}), past TrainConfig.max_loss_ratio={config.max_loss_ratio:g}: training has diverged; "
+                f"lower lr (now {lr:.3g}) or add warm-up (max_loss_ratio=None turns this check off)"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # under DDP this also averages the gradients over processes
-        if config.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        norm = _gradient_norm(parameters, config.grad_clip)
+        if not torch.isfinite(norm):
+            raise FloatingPointError(
+                f"the gradients became {norm.item()} (their norm) at step {step}, with a finite loss of {value:.4g}; "
+                f"the weights were not updated. Lower lr (now {lr:.3g}), add warm-up, or look for an overflow in loss_fn"
+            )
         optimizer.step()
         if step % config.log_every == 0 or step == config.steps - 1:
-            value = loss.detach().float()
+            logged = loss.detach().float()
             if world > 1:
-                dist.all_reduce(value)  # gloo has no AVG: sum, then divide
-                value = value / world
+                dist.all_reduce(logged)  # gloo has no AVG: sum, then divide
+                logged = logged / world
             history.steps.append(step)
-            history.losses.append(value.item())
+            history.losses.append(logged.item())
             history.lrs.append(lr)
             bar.set_postfix(loss=f"{history.losses[-1]:.3f}")
         if evaluate is not None and eval_every and ((step + 1) % eval_every == 0 or step == config.steps - 1):
             model.eval()
-            with torch.no_grad():
-                history.evals[step] = float(evaluate(model))
-            model.train()
+            try:
+                with torch.no_grad():
+                    history.evals[step] = float(evaluate(model))
+            finally:
+                model.train()
         last = step == config.steps - 1
+        if last or (checkpoint is not None and save_every and (step + 1) % save_every == 0):
+            bad = _nonfinite_parameter(model)
+            if bad is not None:
+                raise FloatingPointError(f"the weights became non-finite at step {step} ({bad} holds NaN or inf); "
+                                         f"lower lr (now {lr:.3g}) or add warm-up. Nothing was saved")
         if checkpoint is not None and ((save_every and (step + 1) % save_every == 0) or last):
             if rank == 0:
                 save_checkpoint(checkpoint, model, optimizer, step=step + 1, history=history, config=config)
