@@ -97,12 +97,17 @@ def _refuse(hf: dict, **unsupported) -> None:
             raise ValueError(f"config.json has {key}={hf[key]!r}; the companion supports only {value!r}")
 
 
+def _d_ff(width: int | None, d_model: int) -> int | None:
+    """None for the usual 4 * d_model, so a released model's config equals the companion's preset."""
+    return None if width in (None, 4 * d_model) else width
+
+
 def gpt2_config(hf: dict, weights: dict[str, Tensor]) -> TransformerConfig:
     """GPT-2 (Radford et al. 2019): pre-LN decoder, learned positions, tied head, tanh GELU."""
     _refuse(hf, scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False, add_cross_attention=False)
     return TransformerConfig(
         kind="decoder", vocab_size=hf["vocab_size"], context_length=hf["n_positions"], d_model=hf["n_embd"],
-        heads=hf["n_head"], layers=hf["n_layer"], d_ff=hf.get("n_inner") or 4 * hf["n_embd"], norm="pre",
+        heads=hf["n_head"], layers=hf["n_layer"], d_ff=_d_ff(hf.get("n_inner"), hf["n_embd"]), norm="pre",
         positional="learned", activation=_activation(hf, "activation_function"),
         dropout=hf.get("resid_pdrop", 0.0), attention_dropout=hf.get("attn_pdrop", 0.0),
         tie_embeddings=hf.get("tie_word_embeddings", True), layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
@@ -116,7 +121,7 @@ def bert_config(hf: dict, weights: dict[str, Tensor]) -> TransformerConfig:
     return TransformerConfig(
         kind="encoder", vocab_size=hf["vocab_size"], context_length=hf["max_position_embeddings"],
         d_model=hf["hidden_size"], heads=hf["num_attention_heads"], layers=hf["num_hidden_layers"],
-        d_ff=hf["intermediate_size"], norm="post", positional="learned", activation=_activation(hf, "hidden_act"),
+        d_ff=_d_ff(hf["intermediate_size"], hf["hidden_size"]), norm="post", positional="learned", activation=_activation(hf, "hidden_act"),
         dropout=hf.get("hidden_dropout_prob", 0.0), attention_dropout=hf.get("attention_probs_dropout_prob", 0.0),
         tie_embeddings=hf.get("tie_word_embeddings", True), embedding_norm=True,
         segment_vocab_size=hf.get("type_vocab_size", 2), pooler="pooler.dense.weight" in weights,
