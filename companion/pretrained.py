@@ -36,7 +36,7 @@ def resolve(source: str | Path, *, download: bool = False, cache_dir: str | Path
                                   local_files_only=not download)
     except HFValidationError:
         raise FileNotFoundError(
-            f"source={str(source)!r} is neither a directory nor a hub name such as 'gpt2'"
+            f"source={str(source)!r} is neither an existing directory nor a hub name such as 'gpt2'"
         ) from None
     except LocalEntryNotFoundError:
         raise FileNotFoundError(
@@ -121,7 +121,8 @@ def bert_config(hf: dict, weights: dict[str, Tensor]) -> TransformerConfig:
     return TransformerConfig(
         kind="encoder", vocab_size=hf["vocab_size"], context_length=hf["max_position_embeddings"],
         d_model=hf["hidden_size"], heads=hf["num_attention_heads"], layers=hf["num_hidden_layers"],
-        d_ff=_d_ff(hf["intermediate_size"], hf["hidden_size"]), norm="post", positional="learned", activation=_activation(hf, "hidden_act"),
+        d_ff=_d_ff(hf["intermediate_size"], hf["hidden_size"]), norm="post", positional="learned",
+        activation=_activation(hf, "hidden_act"),
         dropout=hf.get("hidden_dropout_prob", 0.0), attention_dropout=hf.get("attention_probs_dropout_prob", 0.0),
         tie_embeddings=hf.get("tie_word_embeddings", True), embedding_norm=True,
         segment_vocab_size=hf.get("type_vocab_size", 2), pooler="pooler.dense.weight" in weights,
@@ -236,7 +237,9 @@ def map_weights(weights: dict[str, Tensor], model: nn.Module, model_type: str,
             if ours_name not in expected:
                 continue  # a part this config does not build (an untied head, a pooler)
             if their_name not in weights:
-                raise KeyError(f"the checkpoint has no tensor {their_name!r}, which the companion's {ours_name!r} needs")
+                raise KeyError(
+                    f"the checkpoint has no tensor {their_name!r}, which the companion's {ours_name!r} needs"
+                )
             tensor = convert(weights[their_name])
             if tuple(tensor.shape) != tuple(expected[ours_name].shape):
                 raise ValueError(
