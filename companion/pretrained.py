@@ -140,14 +140,20 @@ def same(t: Tensor) -> Tensor:
     return t
 
 
-def conv1d(t: Tensor) -> Tensor:
+def transposed(t: Tensor) -> Tensor:
     """GPT-2's Conv1D stores its weight as (in, out); nn.Linear stores (out, in)."""
     return t.T if t.dim() == 2 else t
 
 
+
 def qkv(part: int) -> Convert:
     """GPT-2 keeps query, key and value side by side in one Conv1D (c_attn, out = 3 d_model)."""
-    return lambda t: conv1d(t.chunk(3, dim=-1)[part])
+
+    def take(t: Tensor) -> Tensor:
+        return transposed(t.chunk(3, dim=-1)[part])
+
+    take.__name__ = f"{'qkv'[part]}_third_of_c_attn"
+    return take
 
 
 # (companion name, Hugging Face name, conversion). {i} runs over the layers, {p} over weight and bias.
@@ -158,10 +164,10 @@ GPT2_TABLE = [
     ("decoder.blocks.{i}.attention.sublayer.to_q.{p}", "h.{i}.attn.c_attn.{p}", qkv(0)),
     ("decoder.blocks.{i}.attention.sublayer.to_k.{p}", "h.{i}.attn.c_attn.{p}", qkv(1)),
     ("decoder.blocks.{i}.attention.sublayer.to_v.{p}", "h.{i}.attn.c_attn.{p}", qkv(2)),
-    ("decoder.blocks.{i}.attention.sublayer.to_out.{p}", "h.{i}.attn.c_proj.{p}", conv1d),
+    ("decoder.blocks.{i}.attention.sublayer.to_out.{p}", "h.{i}.attn.c_proj.{p}", transposed),
     ("decoder.blocks.{i}.feed_forward.norm.{p}", "h.{i}.ln_2.{p}", same),
-    ("decoder.blocks.{i}.feed_forward.sublayer.up.{p}", "h.{i}.mlp.c_fc.{p}", conv1d),
-    ("decoder.blocks.{i}.feed_forward.sublayer.down.{p}", "h.{i}.mlp.c_proj.{p}", conv1d),
+    ("decoder.blocks.{i}.feed_forward.sublayer.up.{p}", "h.{i}.mlp.c_fc.{p}", transposed),
+    ("decoder.blocks.{i}.feed_forward.sublayer.down.{p}", "h.{i}.mlp.c_proj.{p}", transposed),
     ("decoder.final_norm.{p}", "ln_f.{p}", same),
     ("head.proj.weight", "lm_head.weight", same),  # only when the head is not tied
 ]

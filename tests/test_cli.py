@@ -28,6 +28,7 @@ TINY = ["--preset", "tiny", "--set", "layers=1", "--set", "d_model=32", "--set",
 TEXT = ("Attention weighs every earlier token; the cache keeps their keys and values, so each new token "
         "costs one step. ") * 40
 transformers.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
 
 
 def cli(*args, timeout=180, **kwargs):

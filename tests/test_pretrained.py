@@ -19,6 +19,7 @@ from companion.layers import ACTIVATIONS, GELUTanh
 from companion.pretrained import load_pretrained, load_tokenizer
 
 transformers.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
 TOLERANCE = 1e-4  # fp32; the measured differences are ~3e-6 at full size
 
 GPT2_SIZES = {
