@@ -2,6 +2,7 @@
 subprocesses with a timeout; the text printed is the text `generate` makes in this process."""
 import contextlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -139,6 +140,18 @@ def test_config_file_with_an_unknown_field_is_named(tmp_path):
     (tmp_path / "config.json").write_text('{"d_model": 32, "layerz": 2}')
     code, _, err = run_main("train", "--config", tmp_path / "config.json", "--checkpoint", tmp_path / "x.pt")
     assert code != 0 and "fields TransformerConfig does not have: ['layerz']" in err
+
+
+def test_train_from_a_config_file(tmp_path):
+    fields = {"kind": "decoder", "vocab_size": 256, "context_length": 16, "d_model": 16, "heads": 2, "layers": 1}
+    (tmp_path / "config.json").write_text(json.dumps(fields))
+    (tmp_path / "corpus.txt").write_text(TEXT)
+    code, out, err = run_main("train", "--config", tmp_path / "config.json", "--set", "dropout=0.1", "--corpus",
+                              tmp_path / "corpus.txt", "--steps", 2, "--batch-size", 2, "--warmup", 1,
+                              "--checkpoint", tmp_path / "run.pt", "--no-progress", "--device", "cpu")
+    assert code == 0, err
+    saved = torch.load(tmp_path / "run.pt", weights_only=True)["model_config"]
+    assert {k: saved[k] for k in fields} == fields and saved["dropout"] == 0.1
 
 
 def test_generate_from_a_checkpoint_prints_what_generate_makes(trained):

@@ -394,6 +394,15 @@ def test_every_activation_builds_every_kind_of_model(activation):
         TransformerConfig(activation="swish")
 
 
+@pytest.mark.parametrize("norm", ["pre", "post", "none"])
+def test_every_norm_placement_builds_a_model_that_runs(norm):
+    config = TransformerConfig(vocab_size=11, context_length=8, d_model=8, heads=2, layers=2, norm=norm)
+    model = build_model(config)
+    norms = sum(type(m).__name__ == "LayerNorm" for m in model.modules())
+    assert norms == {"pre": 5, "post": 4, "none": 0}[norm]  # two per layer, plus pre-LN's final norm
+    assert model(torch.zeros(1, 8, dtype=torch.long)).shape == (1, 8, 11)
+
+
 def test_the_library_does_not_import_transformers():
     import subprocess
     import sys
