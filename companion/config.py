@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from .layers import ACTIVATIONS, NORMS
+
 KINDS = ("decoder", "encoder", "encoder-decoder")
-NORMS = ("pre", "post")
 POSITIONALS = ("sinusoidal", "learned", "rope", "none")
-ACTIVATIONS = ("relu", "gelu")
 TASK_HEADS = ("none", "mlm", "classify")
 
 
@@ -54,7 +54,7 @@ class TransformerConfig:
         need(self.kind in KINDS, f"kind={self.kind!r} is not one of {KINDS}")
         need(self.norm in NORMS, f"norm={self.norm!r} is not one of {NORMS}; 'pre' is x + F(LN(x)), 'post' is LN(x + F(x))")
         need(self.positional in POSITIONALS, f"positional={self.positional!r} is not one of {POSITIONALS}")
-        need(self.activation in ACTIVATIONS, f"activation={self.activation!r} is not one of {ACTIVATIONS}")
+        need(self.activation in ACTIVATIONS, f"activation={self.activation!r} is not one of {tuple(ACTIVATIONS)}")
         need(self.task_head in TASK_HEADS, f"task_head={self.task_head!r} is not one of {TASK_HEADS}")
         for name in ("vocab_size", "context_length", "d_model", "heads", "layers", "num_labels"):
             value = getattr(self, name)
@@ -116,10 +116,11 @@ def _presets() -> dict[str, TransformerConfig]:
         ),
         "bert-base": TransformerConfig(d_model=768, heads=12, layers=12, **bert),
         "bert-large": TransformerConfig(d_model=1024, heads=16, layers=24, **bert),
-        # Radford et al. 2019, the 124M model: pre-LN, final LayerNorm, tied embeddings.
+        # Radford et al. 2019, the 124M model: pre-LN, final LayerNorm, tied embeddings, and the tanh
+        # approximation of GELU that its weights were trained with.
         "gpt2-small": TransformerConfig(
             kind="decoder", vocab_size=50257, context_length=1024, d_model=768, heads=12, layers=12,
-            norm="pre", positional="learned", activation="gelu", tie_embeddings=True,
+            norm="pre", positional="learned", activation="gelu_tanh", tie_embeddings=True,
         ),
     }
 
