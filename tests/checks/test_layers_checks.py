@@ -6,8 +6,6 @@ from companion.checks import CheckFailed
 from companion.checks import layers as checks
 
 
-
-
 def _layer_norm(x, w, b, eps, dim=-1, unbiased=False):
     mean, var = x.mean(dim, keepdim=True), x.var(dim, keepdim=True, unbiased=unbiased)
     return (x - mean) / torch.sqrt(var + eps) * w + b
@@ -28,9 +26,6 @@ def _residual(x, f, norm, placement):
 
 def _dropout(x, p, noise, training):
     return x * (noise >= p) / (1 - p) if training else x
-
-
-
 
 
 
@@ -83,6 +78,25 @@ def test_checkers_leave_the_global_random_state_alone():
         (checks.check_dropout, lambda x, p, n, t: x / (1 - p) if t else x, "nothing is dropped"),
         (checks.check_dropout, lambda x, p, n, t: x * (n >= p) / (1 - p), "still applied in eval mode"),
         (checks.check_dropout, lambda x, p, n, t: x * (n >= p) / (1 - p) if t else x * (1 - p), "scaled x by 1 - p"),
+        # beyond the first audit
+        (checks.check_layer_norm, lambda x, w, b, eps: torch.nn.functional.layer_norm(x, x.shape[-1:], eps=eps),
+         "weight and bias are not applied"),
+        (checks.check_rms_norm, lambda x, w, eps: x / x.pow(2).mean(-1, keepdim=True).sqrt() * w, "eps is ignored"),
+        (checks.check_rms_norm, lambda x, w, eps: x / (x.norm(dim=-1, keepdim=True) / x.shape[-1] ** 0.5) * w, "eps is ignored"),
+        (checks.check_rms_norm, lambda x, w, eps: x / torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + eps) * w,
+         "divided by the standard deviation"),
+        (checks.check_batch_norm_tokens, lambda x, eps: _batch_norm(x, 0.0), "eps is ignored"),
+        (checks.check_batch_norm_tokens, lambda x, eps: (x - x.mean((0, 1), keepdim=True)) / (x.std((0, 1), keepdim=True, unbiased=False) + eps),
+         "outside the square root"),
+        (checks.check_batch_norm_tokens, lambda x, eps: x / torch.sqrt(x.var((0, 1), keepdim=True, unbiased=False) + eps),
+         "mean is not subtracted"),
+        (checks.check_residual, lambda x, f, n, pl: n(x + f(n(x))) if pl == "pre" else n(x + f(x)), "normalised the sum as well"),
+        (checks.check_residual, lambda x, f, n, pl: x + f(n(x)) if pl == "pre" else n(x + f(n(x))), "the sub-layer reads LN(x)"),
+        (checks.check_feed_forward, lambda x, ff: ff.down(torch.relu(ff.up(x))), "you used ReLU"),
+        (checks.check_feed_forward, lambda x, ff: ff.down(ff.up(ff.act(x))), "before the up projection"),
+        (checks.check_feed_forward, lambda x, ff: x + ff.down(ff.act(ff.up(x))), "skip connection inside"),
+        (checks.check_dropout, lambda x, p, n, t: x * (n < 1 - p) / (1 - p) if t else x, "noise < 1 - p"),
+        (checks.check_dropout, lambda x, p, n, t: x * (n >= p) / (1 - p) if t else x * (n >= p), "in eval mode you still zeroed entries"),
     ],
 )
 def test_checker_rejects_typical_mistake(checker, wrong, hint):
