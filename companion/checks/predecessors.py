@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import count_parameters
-from ..predecessors import WindowMLP, causal_conv1d, receptive_field, rnn_step
+from ..predecessors import WindowMLP, causal_conv1d, receptive_field
 from ._core import Checker, random_tensor
 
 __all__ = [

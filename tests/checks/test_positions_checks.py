@@ -8,10 +8,6 @@ from einops import rearrange
 
 from companion.checks import CheckFailed
 from companion.checks import positions as checks
-from companion.positions import (
-    offset_rotation,
-    sinusoidal_table,
-)
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
