@@ -289,6 +289,7 @@ def check_greedy_decode(fn) -> bool:
         c.expect_shape(got, (B, length), "your ids")
         if got.dtype.is_floating_point:
             c.fail(f"your ids have dtype {got.dtype}: return token ids (argmax indices), not logits or probabilities")
+        c.expect_dtype(got, torch.long, "your ids", hint="token ids are torch.long, as argmax returns them")
         if not torch.equal(got, expected):
             if torch.equal(got, first):
                 c.fail("you took the logits of the first position; the next token comes from the last, logits[:, -1]")

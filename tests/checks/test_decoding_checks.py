@@ -104,6 +104,87 @@ def greedy_full_each_step(model, prompt, n):
     return ids
 
 
+def append_on_heads_axis(cache, k, v):
+    start, end = cache.length, cache.length + k.shape[2]
+    cache.keys[:, start:end] = k
+    cache.values[:, start:end] = v
+    cache.length = end
+    return cache.keys[:, :, :end], cache.values[:, :, :end]
+
+
+def append_return_new(cache, k, v):
+    cache.append(k, v)
+    return k, v
+
+
+def append_values_into_keys(cache, k, v):
+    start, end = cache.length, cache.length + k.shape[2]
+    cache.keys[:, :, start:end] = k
+    cache.values[:, :, start:end] = k
+    cache.length = end
+    return cache.stored()
+
+
+def _window(q, k, shift):
+    """Query i (at position k_pos - q_pos + i) sees keys j with j < position + shift: 1 is right."""
+    query = torch.arange(k.shape[2] - q.shape[2], k.shape[2])[:, None]
+    return torch.arange(k.shape[2])[None, :] < query + shift
+
+
+def masked_with_zero(q, k, v):
+    scores = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).masked_fill(~_window(q, k, 1), 0.0)
+    return scores.softmax(-1) @ v
+
+
+def nucleus_not_scattered(logits, p):
+    sorted_logits, order = logits.sort(-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    return logits.masked_fill(probs.cumsum(-1) - probs >= p, float("-inf"))
+
+
+def nucleus_gathered(logits, p):
+    sorted_logits, order = logits.sort(-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    return logits.masked_fill((probs.cumsum(-1) - probs >= p).gather(-1, order), float("-inf"))
+
+
+def greedy_without_cache(model, prompt, n):
+    ids = prompt
+    for _ in range(n):
+        ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids
+
+
+def greedy_fresh_caches(model, prompt, n):
+    ids = prompt
+    for _ in range(n):
+        caches = new_caches(model.config, prompt.shape[0], prompt.shape[1] + n)
+        ids = torch.cat([ids, model(ids, caches=caches, start_pos=0)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids
+
+
+def greedy_prompt_token_by_token(model, prompt, n):
+    caches = new_caches(model.config, prompt.shape[0], prompt.shape[1] + n)
+    for i in range(prompt.shape[1] - 1):
+        model(prompt[:, i:i + 1], caches=caches, start_pos=i)
+    ids, fed = prompt, prompt.shape[1] - 1
+    for _ in range(n):
+        logits = model(ids[:, fed:], caches=caches, start_pos=fed)
+        fed = ids.shape[1]
+        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids
+
+
+def greedy_one_call_too_many(model, prompt, n):
+    caches = new_caches(model.config, prompt.shape[0], prompt.shape[1] + n)
+    ids = prompt
+    logits = model(ids, caches=caches, start_pos=0)
+    for _ in range(n):
+        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        logits = model(ids[:, -1:], caches=caches, start_pos=ids.shape[1] - 1)
+    return ids
+
+
 @pytest.mark.parametrize(
     "checker, wrong, hint",
     [
@@ -127,7 +208,7 @@ def greedy_full_each_step(model, prompt, n):
         (checks.check_top_k, lambda x, k: filter_top_k(x, k + 1), "keeps 4 tokens"),
         (checks.check_top_k, lambda x, k: x.masked_fill(x <= x.topk(k, -1).values[..., -1:], float("-inf")), "keeps 2 tokens"),
         (checks.check_top_k, lambda x, k: x.masked_fill(x < x.topk(k, 0).values[-1:], float("-inf")), "batch axis"),
-        (checks.check_top_k, lambda x, k: x.topk(k, -1).indices, "not the indices"),
+        (checks.check_top_k, lambda x, k: x.topk(k, -1).indices, "or indices"),
         (checks.check_top_p, nucleus_strict, "token that brings the total to p is dropped"),
         (checks.check_top_p, lambda x, p: filter_top_p(-x, p), "least likely"),
         (checks.check_top_p, nucleus_unsorted, "vocabulary order"),
@@ -139,6 +220,37 @@ def greedy_full_each_step(model, prompt, n):
         (checks.check_greedy_with_cache, lambda m, p, n: generate(m, p, n)[:, p.shape[1]:], "only the new tokens"),
         (checks.check_greedy_with_cache, lambda m, p, n: torch.cat([p[:, :1] + 1, generate(m, p, n)[:, 1:]], 1), "not the prompt"),
         (checks.check_greedy_with_cache, lambda m, p, n: torch.cat([generate(m, p, n - 1), p[:, :1]], 1), "differ from full recomputation first at position 12"),
+        # beyond the first audit
+        (checks.check_cache_append, append_on_heads_axis, "did you slice the heads axis"),
+        (checks.check_cache_append, append_return_new, "returned only the new keys"),
+        (checks.check_cache_append, append_values_into_keys, "values hold the keys"),
+        (checks.check_incremental_attention, lambda q, k, v: scaled_dot_product_attention(q, k, v, _window(q, k, 0)), "misses its own key"),
+        (checks.check_incremental_attention, lambda q, k, v: scaled_dot_product_attention(q, k, v, _window(q, k, 2)),
+         "also sees the key after"),
+        (checks.check_incremental_attention, masked_with_zero, "filled with 0"),
+        (checks.check_top_k, lambda x, k: filter_top_k(x.double(), k), "dtype torch.float64"),
+        (checks.check_top_k, lambda x, k: filter_top_k(x.half(), k), "dtype torch.float16"),
+        (checks.check_top_k, lambda x, k: x.topk(k, -1).values, "not the top-k values"),
+        (checks.check_top_k, lambda x, k: filter_top_k(x.sort(-1, descending=True).values, k), "sorted order"),
+        (checks.check_top_p, nucleus_not_scattered, "applied to the logits in vocabulary order"),
+        (checks.check_top_p, nucleus_gathered, "you used gather"),
+        (checks.check_top_p, lambda x, p: filter_top_p(x.sort(-1, descending=True).values, p), "sorted order"),
+        (checks.check_top_p, lambda x, p: filter_top_p(x.double(), p), "dtype torch.float64"),
+        (checks.check_temperature, lambda x, t: (x * t).softmax(-1), "multiplied the logits"),
+        (checks.check_temperature, lambda x, t: x.softmax(-1), "temperature is ignored"),
+        (checks.check_temperature, lambda x, t: x.softmax(-1) / t, "divided the probabilities"),
+        (checks.check_temperature, lambda x, t: x / t, "scaled logits"),
+        (checks.check_temperature, lambda x, t: (x / t).log_softmax(-1), "log-probabilities"),
+        (checks.check_temperature, lambda x, t: x.softmax(-1) ** (1 / t), "no longer sums to 1"),
+        (checks.check_temperature, lambda x, t: (x / t).softmax(0), "over the batch"),
+        (checks.check_temperature, lambda x, t: (x / t).exp(), "did not normalise"),
+        (checks.check_temperature, lambda x, t: (x / t).double().softmax(-1), "dtype torch.float64"),
+        (checks.check_greedy_with_cache, greedy_without_cache, "runs without a cache"),
+        (checks.check_greedy_with_cache, greedy_fresh_caches, "fresh caches"),
+        (checks.check_greedy_with_cache, greedy_prompt_token_by_token, "feed the whole prompt"),
+        (checks.check_greedy_with_cache, greedy_one_call_too_many, "ran 10 times for 9 new tokens"),
+        (checks.check_greedy_with_cache, lambda m, p, n: generate(m, p, n, use_cache=False), "runs without a cache"),
+        (checks.check_greedy_with_cache, lambda m, p, n: good_greedy(m, p, n).int(), "dtype torch.int32"),
     ],
 )
 def test_checker_rejects_typical_mistake(checker, wrong, hint):
@@ -153,3 +265,22 @@ def test_top_p_checker_names_an_empty_row():
         return out
     with pytest.raises(CheckFailed, match="keeps no token"):
         checks.check_top_p(empty_first_row)
+
+
+@pytest.mark.parametrize("right", [
+    lambda m, p, n: generate(m, p, n),
+    lambda m, p, n: _greedy_through(m.forward, m, p, n),
+    lambda m, p, n: _greedy_through(lambda ids, **kw: m.head(m.encode(ids, **kw)), m, p, n),
+])
+def test_greedy_with_cache_accepts_other_right_ways(right):
+    assert checks.check_greedy_with_cache(right)
+
+
+def _greedy_through(run, model, prompt, n):
+    caches = new_caches(model.config, prompt.shape[0], prompt.shape[1] + n)
+    ids, fed = prompt, 0
+    for _ in range(n):
+        logits = run(ids[:, fed:], caches=caches, start_pos=fed)
+        fed = ids.shape[1]
+        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids
