@@ -150,12 +150,18 @@ def check_top_p(fn) -> bool:
             c.expect_shape(got, tuple(logits.shape), what=f"your result for p={p}")
             c.expect_dtype(got, logits.dtype, what=f"your result for p={p}", hint="keep the logits' dtype")
             expected = filter_top_p(logits, p)
+            if torch.allclose(got.sum(-1), torch.ones(len(got)), atol=1e-4):
+                c.fail("you returned probabilities; return logits (the softmax comes later, after every filter)")
+            if torch.isfinite(got).all() and (got == 0).any():
+                c.fail("the dropped logits are 0, but a logit of 0 still gets probability; set them to -inf")
             if torch.equal(got.sort(-1).values, expected.sort(-1).values) and not torch.equal(got, expected):
                 c.fail("your logits are in sorted order: put the decisions back in vocabulary order "
                        "(scatter with the sort order) and mask the original logits")
             kept, want = torch.isfinite(got), torch.isfinite(expected)
             if torch.equal(kept, want):
-                c.diagnose(got, expected, what=f"your result for p={p}")  # kept the right tokens but changed them
+                if not torch.allclose(got[kept], logits[kept], atol=1e-5, rtol=1e-4):
+                    c.fail(f"at p={p} you kept the right tokens but changed their logits; return the kept logits "
+                           "unchanged (softmax and temperature come later)")
                 continue
             sorted_probs, order = probs.sort(-1, descending=True)
             cumulative = sorted_probs.cumsum(-1)

@@ -90,3 +90,14 @@ def test_equal_infinities_are_equal_and_a_kept_position_is_named():
         c.diagnose(torch.tensor([[1.0, 0.0, 3.0]]), logits)
     with pytest.raises(CheckFailed, match="largest error 0.5 at index \\(0, 0\\)"):
         c.diagnose(torch.tensor([[1.5, float("-inf"), 3.0]]), logits)
+
+
+def test_a_notebook_shows_the_hint_alone(capsys):
+    from IPython.core.interactiveshell import InteractiveShell
+    shell = InteractiveShell.instance()
+    try:
+        result = shell.run_cell("from companion.checks import check_causal_mask\ncheck_causal_mask(lambda n: n)")
+    finally:
+        InteractiveShell.clear_instance()
+    assert not result.success
+    assert capsys.readouterr().out.strip() == "\u2718 check_causal_mask: your mask should be a torch.Tensor, got int"
