@@ -163,6 +163,14 @@ def greedy_fresh_caches(model, prompt, n):
     return ids
 
 
+def greedy_cache_for_the_prompt_only(model, prompt, n):
+    caches = new_caches(model.config, prompt.shape[0], prompt.shape[1] + n)
+    ids = torch.cat([prompt, model(prompt, caches=caches)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    for _ in range(n - 1):
+        ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids
+
+
 def greedy_prompt_token_by_token(model, prompt, n):
     caches = new_caches(model.config, prompt.shape[0], prompt.shape[1] + n)
     for i in range(prompt.shape[1] - 1):
@@ -249,6 +257,7 @@ def greedy_one_call_too_many(model, prompt, n):
         (checks.check_temperature, lambda x, t: (x / t).double().softmax(-1), "dtype torch.float64"),
         (checks.check_greedy_with_cache, greedy_without_cache, "runs without a cache"),
         (checks.check_greedy_with_cache, greedy_fresh_caches, "fresh caches"),
+        (checks.check_greedy_with_cache, greedy_cache_for_the_prompt_only, "some steps run without the caches"),
         (checks.check_greedy_with_cache, greedy_prompt_token_by_token, "feed the whole prompt"),
         (checks.check_greedy_with_cache, greedy_one_call_too_many, "ran 10 times for 9 new tokens"),
         (checks.check_greedy_with_cache, lambda m, p, n: generate(m, p, n, use_cache=False), "runs without a cache"),

@@ -139,7 +139,7 @@ def with_(fn, **kwargs):
          "attention projections' biases are missing"),
         (checks.check_layer_parameters, lambda d, f, cross: _count(d, f, cross, norm_params=1), "you counted one of them"),
         (checks.check_layer_parameters, lambda d, f, cross: _count(d, f, cross, missing_norms=1), "a LayerNorm is missing"),
-        (checks.check_layer_parameters, lambda d, f, cross: _count(d, f, cross, ff_layers=1), "you counted one"),
+        (checks.check_layer_parameters, lambda d, f, cross: _count(d, f, cross, ff_layers=1), "has two layers"),
         (checks.check_layer_parameters, lambda d, f, cross: layer_parameters(d, f, True), "no cross-attention"),
         (checks.check_greedy_decode, lambda m, s, n, st: greedy(m, s, n, 0), "starts with token 0"),
         (checks.check_greedy_decode, lambda m, s, n, st: greedy(m, s, n - 1, st), "must run `length` times"),

@@ -93,6 +93,7 @@ def _recall_ignores_seed(batch, length, distance, vocab, seed):
     # beyond the first audit
     (checks.check_mlp_parameter_count, lambda v, w, d, h: mlp_count(v, w, d, h) - w * v, "output layer's bias"),
     (checks.check_mlp_parameter_count, lambda v, w, d, h: mlp_count(v, w, d, h) - h, "hidden layer's bias"),
+    (checks.check_mlp_parameter_count, lambda v, w, d, h: v * d + w * d * h + h + h * v + w * v, "d_hidden \\* window \\* vocab weights"),
     (checks.check_receptive_field, lambda layers, k: 1 + layers * k, "adds kernel_size - 1 new positions, not kernel_size"),
     (checks.check_receptive_field, lambda layers, k: 1 + (layers - 1) * (k - 1), "one layer too few"),
     (checks.check_causal_conv1d, lambda x, w: F.conv1d(F.pad(x.transpose(1, 2), (w.shape[-1], 0)), w)[..., :-1].transpose(1, 2),
