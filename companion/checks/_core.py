@@ -1,6 +1,7 @@
 """What every exercise checker shares: calling the learner's code, comparing, and naming the mistake."""
 from __future__ import annotations
 
+import inspect
 import numbers
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,9 +82,10 @@ class Checker:
             frame = _innermost_frame(error)
             if frame is not None and Path(frame.f_code.co_filename).resolve().is_relative_to(_TORCH_DIR):
                 self.fail(f"torch raised NotImplementedError inside your code: {error}")
-            if frame is None or frame.f_code is getattr(fn, "__code__", None):
-                raise NotYetImplemented(str(error)) from None
             caller = getattr(fn, "__name__", "your function")
+            own_code = getattr(inspect.unwrap(fn), "__code__", None)
+            if frame is None or frame.f_code is own_code or frame.f_code.co_name == caller:
+                raise NotYetImplemented(str(error)) from None
             raise NotYetImplemented(
                 f"{caller} calls {frame.f_code.co_name}(), which is still a stub (it raises "
                 f"NotImplementedError): write {frame.f_code.co_name} first") from None

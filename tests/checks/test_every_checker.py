@@ -42,6 +42,14 @@ def test_checker_names_a_stubbed_helper(name, capsys):
     assert "answer calls earlier_exercise(), which is still a stub" in capsys.readouterr().out
 
 
+def test_a_decorated_stub_is_reported_as_itself(capsys):
+    @torch.no_grad()
+    def attention_scores(q, k):
+        raise NotImplementedError("exercise: replace this line with your code")
+    assert not checks.check_attention_scores(attention_scores)
+    assert "calls" not in capsys.readouterr().out
+
+
 def test_not_implemented_inside_torch_is_an_error_not_a_stub():
     class NoForward(torch.nn.Module):
         pass
