@@ -29,7 +29,11 @@ def check_attention_scores(fn) -> bool:
     """fn(q, k) -> scores (batch, heads, q_pos, k_pos) = q k^T / sqrt(d_head)."""
     with Checker("check_attention_scores") as c:
         q, k, _ = _qkv(1)
-        got = c.call(fn, q, k)
+        with c.explain({"must match the size": "q and k do not line up: transpose only k's last two axes, "
+                        "k.transpose(-2, -1) (k.T reverses all four), or use one einsum",
+                        "Expected size for first two dimensions": "q @ k multiplies d_head by k_pos: transpose k's "
+                        "last two axes first, q @ k.transpose(-2, -1)"}):
+            got = c.call(fn, q, k)
         raw = _raw_scores(q, k)
         c.expect_tensor(got)
         if tuple(got.shape) == (B, H, K, Q):
@@ -183,7 +187,9 @@ def check_merge_heads(fn) -> bool:
     """fn(x) -> (batch, seq, heads * d_head) from (batch, heads, seq, d_head): the inverse of split."""
     with Checker("check_merge_heads") as c:
         x = random_tensor(B, H, K, D, seed=8)
-        got = c.call(fn, x)
+        with c.explain({"view size is not compatible": "after a transpose the tensor is not contiguous, so .view "
+                        "fails: use .reshape, or einops.rearrange"}):
+            got = c.call(fn, x)
         c.expect_tensor(got, "your merge")
         if tuple(got.shape) == (B, K, H, D):
             c.fail("your merge is (batch, seq, heads, d_head): also join heads and d_head into one axis, (heads d_head)")

@@ -236,13 +236,15 @@ class _WatchCalls:
     def __init__(self, model: DecoderLM):
         self.calls: list[dict] = []
         self.handles = [
-            model.embed.register_forward_pre_hook(self._embed),
+            model.embed.register_forward_pre_hook(self._embed, with_kwargs=True),
             model.decoder.blocks[0].register_forward_pre_hook(self._block, with_kwargs=True),
         ]
 
-    def _embed(self, module, args):
-        ids, positions = args[0], args[1]
-        self.calls.append(dict(fed=ids.shape[1], start=int(positions.flatten()[0]), cache=None))
+    def _embed(self, module, args, kwargs):
+        ids = args[0] if args else kwargs["ids"]
+        positions = args[1] if len(args) > 1 else kwargs.get("positions")
+        start = None if positions is None else int(positions.flatten()[0])
+        self.calls.append(dict(fed=ids.shape[1], start=start, cache=None))
 
     def _block(self, module, args, kwargs):
         if self.calls:
@@ -269,14 +271,14 @@ def _name_call_mistake(c: Checker, calls: list[dict], prompt_len: int, n: int) -
     if len({id(call["cache"]) for call in calls}) > 1:
         c.fail("each step gets fresh caches, so nothing is reused and the whole sequence is fed again: make the "
                "caches once, before the loop, and pass the same ones to every call")
-    if calls[0]["fed"] != prompt_len or calls[0]["start"] != 0:
+    if calls[0]["fed"] != prompt_len or calls[0]["start"] not in (0, None):
         c.fail(f"the first call feeds {calls[0]['fed']} positions from position {calls[0]['start']}: feed the "
                f"whole prompt ({prompt_len} tokens) once, at start_pos=0, to fill the cache")
     for step, call in enumerate(calls[1:], 1):
         if call["fed"] != 1:
             c.fail(f"call {step + 1} feeds {call['fed']} positions: after the prompt, feed only the newest "
                    "token (ids[:, -1:] or ids[:, fed:]); the cache holds the rest")
-        if call["start"] != prompt_len + step - 1:
+        if call["start"] is not None and call["start"] != prompt_len + step - 1:
             c.fail(f"call {step + 1} puts its token at position {call['start']}, expected "
                    f"{prompt_len + step - 1}: start_pos is the number of positions already cached")
     if len(calls) != n:

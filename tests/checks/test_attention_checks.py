@@ -62,6 +62,10 @@ def _scores(q, k):
         (checks.check_merge_heads, lambda x: x.reshape(x.shape[0], x.shape[2], -1), "transpose, then merge"),
         (checks.check_multi_head_attention, lambda x, mha, causal=False: mha(x, causal=False), "causal=True is ignored"),
         # beyond the first audit
+        pytest.param(checks.check_attention_scores, lambda q, k: q @ k.T / math.sqrt(q.shape[-1]), "k.T reverses all four",
+                     marks=pytest.mark.filterwarnings("ignore:The use of `x.T`")),
+        (checks.check_attention_scores, lambda q, k: q @ k / math.sqrt(q.shape[-1]), "transpose k's last two axes first"),
+        (checks.check_merge_heads, lambda x: x.transpose(1, 2).view(x.shape[0], x.shape[2], -1), "use .reshape"),
         (checks.check_attention_scores, lambda q, k: _raw(q, k) / math.sqrt(k.shape[2]), "sqrt(k_pos)"),
         (checks.check_attention_scores, lambda q, k: _raw(q, k) * math.sqrt(q.shape[-1]), "multiplied by sqrt"),
         (checks.check_attention_scores, lambda q, k: _raw(q, k) / math.sqrt(q.shape[-1] * q.shape[1]), "sqrt(d_model)"),
