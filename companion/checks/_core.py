@@ -104,6 +104,21 @@ class Checker:
                     self.fail(f"{hint} (your code raised {type(error).__name__}: {message})")
             raise
 
+    @contextmanager
+    def forbid(self, modules: Mapping[torch.nn.Module, str]) -> Iterator[None]:
+        """Fail with modules' hint when the learner runs one of these modules whole: the exercise is to
+        build what it computes from its parts."""
+        used: list[str] = []
+        handles = [module.register_forward_pre_hook(lambda *_, hint=hint: used.append(hint))
+                   for module, hint in modules.items()]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+        if used:
+            self.fail(used[0])
+
     def fail(self, message: str) -> None:
         raise CheckFailed(f"{self.name}: {message}")
 
@@ -170,6 +185,11 @@ class Checker:
             inf_got, inf_expected = torch.isinf(got), torch.isinf(expected)
             if (inf_expected & ~inf_got).any():
                 at = tuple(int(i) for i in (inf_expected & ~inf_got).nonzero()[0])
+                if (got[inf_expected & ~inf_got] * expected[inf_expected & ~inf_got] > 0).all() and \
+                        (got[inf_expected & ~inf_got].abs() >= 1e4).all():
+                    self.fail(f"{what} is {got[at].item():.4g} at index {at}, where the reference has "
+                              f"{expected[at].item()}: use float('-inf'), not a large finite number, so the "
+                              "entry is exactly excluded whatever the other values are")
                 self.fail(f"{what} is {got[at].item():.4g} at index {at}, where the reference has "
                           f"{expected[at].item()}: a position that should be dropped or masked is kept")
             if (inf_got & ~inf_expected).any():

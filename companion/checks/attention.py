@@ -224,7 +224,10 @@ def check_multi_head_attention(fn) -> bool:
             all_q = mha.to_out(rearrange(scaled_dot_product_attention(q, q, q, fused=False), "b h s d -> b s (h d)"))
             no_v = mha.to_out(rearrange(scaled_dot_product_attention(q, k, rearrange(x, "b s (h d) -> b h s d", h=H),
                                                                      fused=False), "b h s d -> b s (h d)"))
-        got = c.call(fn, x, mha)
+        whole = {mha: "you ran mha itself, mha(x); the exercise is to write it from mha.to_q, mha.to_k, mha.to_v "
+                      "and mha.to_out"}
+        with c.forbid(whole):
+            got = c.call(fn, x, mha)
         c.expect_shape(got, (B, K, H * D), hint="n vectors in, n vectors out, each of width d_model")
         c.diagnose(got, expected, {
             "this is one full-width head: split q, k and v into heads before attending": full_width,
@@ -234,7 +237,8 @@ def check_multi_head_attention(fn) -> bool:
             "q, k and v all come from mha.to_q: keys come from mha.to_k and values from mha.to_v": all_q,
             "the values are x itself: project them with mha.to_v first": no_v,
         })
-        got = c.call(fn, x, mha, causal=True)
+        with c.forbid(whole):
+            got = c.call(fn, x, mha, causal=True)
         c.diagnose(got, expected_causal, {
             "causal=True is ignored: later positions still influence earlier ones": expected,
         }, what="your causal output")

@@ -82,6 +82,8 @@ def check_rms_norm(fn) -> bool:
                 x / (ms.sqrt() + EPS) * weight,
             "weight is not applied: multiply the normalised x by weight": x / torch.sqrt(ms + EPS),
             "you multiplied by the root mean square instead of dividing by it": x * torch.sqrt(ms + EPS) * weight,
+            "you summed the squares; RMSNorm takes their mean over d_model, mean(x^2)":
+                x / torch.sqrt(x.pow(2).sum(-1, keepdim=True) + EPS) * weight,
             "eps is ignored: add it to the mean square before the square root, sqrt(mean(x^2) + eps)":
                 x / ms.sqrt() * weight,
             "you divided by the standard deviation (centred): RMSNorm divides by sqrt(mean(x^2) + eps) of x itself":
@@ -159,6 +161,8 @@ def check_residual(fn) -> bool:
                     "the norm is not applied: LN(x + F(x))": x + f(x),
                     "the sub-layer reads LN(x): post-norm feeds x itself to the sub-layer and normalises the sum, "
                     "LN(x + F(x))": ln(x + f(ln(x))),
+                    "you normalised x before adding, LN(x) + F(x); post-norm normalises the sum, LN(x + F(x))":
+                        ln(x) + f(x),
                 }),
             }
         for placement, (expected, mistakes) in variants.items():
@@ -174,7 +178,9 @@ def check_feed_forward(fn) -> bool:
             torch.manual_seed(51)
             ff = FeedForward(D, 4 * D, activation="gelu").eval()
         x = _x(52)
-        got = c.call(fn, x, ff)
+        with c.forbid({ff: "you ran the block itself, ff(x); the exercise is to write it from ff.up, ff.act "
+                           "and ff.down"}):
+            got = c.call(fn, x, ff)
         with torch.no_grad():
             expected = ff(x)
             mistakes = {
@@ -211,6 +217,7 @@ def check_dropout(fn) -> bool:
                 x * ~keep / p,
             "you dropped with probability 1 - p and scaled by 1 / (1 - p)": x * ~keep / (1 - p),
             "nothing is dropped: zero the entries where noise < p": x / (1 - p),
+            "where noise < p you left x as it is; dropped entries must be 0": torch.where(keep, x / (1 - p), x),
             "you kept the entries where noise < 1 - p: the same rate, but the exercise keeps noise >= p":
                 x * (noise < 1 - p) / (1 - p),
         }, what="your training-mode output")

@@ -43,6 +43,18 @@ def _plain_norm(t: Tensor) -> Tensor:
     return F.layer_norm(t, t.shape[-1:], eps=1e-5)
 
 
+def _wholes(block) -> dict:
+    """The block and its Residual wrappers: running them skips what the exercise asks to write."""
+    hints = {block: "you ran the block itself, block(x); the exercise is to write what it computes, from "
+                    "block.<sub-layer>.sublayer and block.<sub-layer>.norm"}
+    for name in ("attention", "cross_attention", "feed_forward"):
+        if hasattr(block, name):
+            hints[getattr(block, name)] = (f"you ran block.{name} whole, which adds and normalises for you; "
+                                           f"write norm(x + sublayer(x)) from block.{name}.sublayer and "
+                                           f"block.{name}.norm")
+    return hints
+
+
 def check_encoder_block(fn) -> bool:
     """fn(x, block) -> (batch, seq, d_model): the post-LN encoder block of Vaswani et al. 2017 built from
     block.attention.sublayer, block.attention.norm, block.feed_forward.sublayer, block.feed_forward.norm."""
@@ -67,7 +79,8 @@ def check_encoder_block(fn) -> bool:
                 return second(h + ff(h))
             one_norm, last_norm = post(norm1, norm1), post(norm2, norm2)
             norms_swapped, plain = post(norm2, norm1), post(_plain_norm, _plain_norm)
-        got = c.call(fn, x, block)
+        with c.forbid(_wholes(block)):
+            got = c.call(fn, x, block)
         c.expect_shape(got, (B, S, D), hint="n vectors in, n vectors out, each of width d_model")
         c.diagnose(got, expected, {
             "you normalised before each sub-layer, x + F(LN(x)) (pre-LN); this block is post-LN: LN(x + F(x))": pre,
@@ -112,7 +125,8 @@ def check_decoder_block(fn) -> bool:
                 h = do_self(do_cross(x)) if cross_first else do_cross(do_self(x))
                 return m3(h + ff(h))
 
-        got = c.call(fn, x, memory, block)
+        with c.forbid(_wholes(block)):
+            got = c.call(fn, x, memory, block)
         c.expect_shape(got, (B, T, D), hint="one vector per target position: queries come from x (the decoder), "
                        "keys and values of the cross-attention from memory")
         c.diagnose(got, assemble(), {
@@ -159,6 +173,8 @@ def check_next_token_probabilities(fn) -> bool:
             "vocabulary": logits.softmax(1)[:, -1],
             "you averaged the positions; the next token comes from the last position alone, hidden[:, -1]":
                 logits.mean(1).softmax(-1),
+            "you scaled the logits by 1 / sqrt(d_model): that scale belongs to attention scores; the output "
+            "head is hidden @ embedding.T, nothing more": (logits[:, -1] / D ** 0.5).softmax(-1),
         }, what="your probabilities")
     return c.passed
 

@@ -60,6 +60,8 @@ def check_receptive_field(fn) -> bool:
                                      "first position overlaps the one the layer below already sees",
                 1 + (layers - 1) * (kernel - 1): "one layer too few: every layer, the first included, adds "
                                                  "kernel_size - 1 positions to the output's own one",
+                1 + (layers + 1) * (kernel - 1): "one layer too many: the first layer sees kernel_size positions, "
+                                                 "1 + (kernel_size - 1), and each further layer adds kernel_size - 1",
             }
             c.fail(mistakes.get(got, f"for layers={layers}, kernel_size={kernel} you say {got}, expected {expected}"))
     return c.passed

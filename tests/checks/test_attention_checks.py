@@ -60,8 +60,9 @@ def _scores(q, k):
         (checks.check_split_heads, lambda x, h: x.reshape(x.shape[0], h, x.shape[1], -1), "without moving seq"),
         (checks.check_merge_heads, lambda x: rearrange(x, "b h s d -> b s (d h)"), "(d_head heads)"),
         (checks.check_merge_heads, lambda x: x.reshape(x.shape[0], x.shape[2], -1), "transpose, then merge"),
-        (checks.check_multi_head_attention, lambda x, mha, causal=False: mha(x, causal=False), "causal=True is ignored"),
+        (checks.check_multi_head_attention, lambda x, mha, causal=False: _mha(x, mha, False), "causal=True is ignored"),
         # beyond the first audit
+        (checks.check_multi_head_attention, lambda x, mha, causal=False: mha(x, causal=causal), "you ran mha itself"),
         pytest.param(checks.check_attention_scores, lambda q, k: q @ k.T / math.sqrt(q.shape[-1]), "k.T reverses all four",
                      marks=pytest.mark.filterwarnings("ignore:The use of `x.T`")),
         (checks.check_attention_scores, lambda q, k: q @ k / math.sqrt(q.shape[-1]), "transpose k's last two axes first"),

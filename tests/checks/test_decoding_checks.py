@@ -229,6 +229,7 @@ def greedy_one_call_too_many(model, prompt, n):
         (checks.check_greedy_with_cache, lambda m, p, n: torch.cat([p[:, :1] + 1, generate(m, p, n)[:, 1:]], 1), "not the prompt"),
         (checks.check_greedy_with_cache, lambda m, p, n: torch.cat([generate(m, p, n - 1), p[:, :1]], 1), "differ from full recomputation first at position 12"),
         # beyond the first audit
+        (checks.check_top_k, lambda x, k: x.masked_fill(x < x.topk(k, -1).values[..., -1:], -1e9), "not a large finite number"),
         (checks.check_cache_append, append_on_heads_axis, "did you slice the heads axis"),
         (checks.check_cache_append, append_return_new, "returned only the new keys"),
         (checks.check_cache_append, append_values_into_keys, "values hold the keys"),

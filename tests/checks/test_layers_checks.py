@@ -34,7 +34,7 @@ def test_checkers_leave_the_global_random_state_alone():
     expected = torch.rand(3)
     torch.manual_seed(123)
     checks.check_residual(_residual)
-    checks.check_feed_forward(lambda x, ff: ff(x))
+    checks.check_feed_forward(lambda x, ff: ff.down(ff.act(ff.up(x))))
     torch.testing.assert_close(torch.rand(3), expected)
 
 
@@ -79,6 +79,10 @@ def test_checkers_leave_the_global_random_state_alone():
         (checks.check_dropout, lambda x, p, n, t: x * (n >= p) / (1 - p), "still applied in eval mode"),
         (checks.check_dropout, lambda x, p, n, t: x * (n >= p) / (1 - p) if t else x * (1 - p), "scaled x by 1 - p"),
         # beyond the first audit
+        (checks.check_feed_forward, lambda x, ff: ff(x), "you ran the block itself"),
+        (checks.check_rms_norm, lambda x, w, eps: x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps) * w, "summed the squares"),
+        (checks.check_residual, lambda x, f, n, pl: x + f(n(x)) if pl == "pre" else n(x) + f(x), "normalised x before adding"),
+        (checks.check_dropout, lambda x, p, n, t: torch.where(n >= p, x / (1 - p), x) if t else x, "left x as it is"),
         (checks.check_layer_norm, lambda x, w, b, eps: torch.nn.functional.layer_norm(x, x.shape[-1:], eps=eps),
          "weight and bias are not applied"),
         (checks.check_rms_norm, lambda x, w, eps: x / x.pow(2).mean(-1, keepdim=True).sqrt() * w, "eps is ignored"),

@@ -122,6 +122,11 @@ def with_(fn, **kwargs):
         (checks.check_greedy_decode, with_(greedy, feed_back=False), "nothing is fed back"),
         (checks.check_greedy_decode, lambda m, s, n, st: greedy(m, s, n, st).float(), "dtype"),
         # beyond the first audit
+        (checks.check_encoder_block, lambda x, block: block(x), "you ran the block itself"),
+        (checks.check_encoder_block, lambda x, block: block.feed_forward(block.attention(x)), "you ran block.attention whole"),
+        (checks.check_decoder_block, lambda x, memory, block: block(x, memory), "you ran the block itself"),
+        (checks.check_next_token_probabilities, lambda h, e: (h[:, -1] @ e.T / h.shape[-1] ** 0.5).softmax(-1),
+         "belongs to attention scores"),
         (checks.check_encoder_block, with_(encoder_block, norms="first"), "one LayerNorm is used for both"),
         (checks.check_encoder_block, with_(encoder_block, norms="last"), "block.feed_forward.norm is used for both"),
         (checks.check_encoder_block, with_(encoder_block, norms="swapped"), "the norms are swapped"),

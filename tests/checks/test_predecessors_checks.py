@@ -91,6 +91,7 @@ def _recall_ignores_seed(batch, length, distance, vocab, seed):
     (checks.check_recall_batch, _recall_unseeded, "same seed give different batches"),
     (checks.check_recall_batch, _recall_ignores_seed, "different seed gives the same batch"),
     # beyond the first audit
+    (checks.check_receptive_field, lambda layers, k: layers * (k - 1) + k, "one layer too many"),
     (checks.check_mlp_parameter_count, lambda v, w, d, h: mlp_count(v, w, d, h) - w * v, "output layer's bias"),
     (checks.check_mlp_parameter_count, lambda v, w, d, h: mlp_count(v, w, d, h) - h, "hidden layer's bias"),
     (checks.check_mlp_parameter_count, lambda v, w, d, h: v * d + w * d * h + h + h * v + w * v, "d_hidden \\* window \\* vocab weights"),
