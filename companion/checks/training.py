@@ -80,6 +80,9 @@ def _name_masking_mistake(c: Checker, ids: Tensor, inputs: Tensor, labels: Tenso
                "corrupted position needs its label")
     if torch.equal(labels[selected], inputs[selected]) and not torch.equal(labels[selected], ids[selected]):
         c.fail("labels hold the corrupted input; they must hold the original token the model should recover")
+    if torch.equal(labels[selected], ids.roll(-1, dims=1)[selected]):
+        c.fail("labels hold the next token: that is the decoder's objective; a masked model recovers the token "
+               "at the same position, labels = ids where selected")
     if not torch.equal(labels[selected], ids[selected]):
         c.fail("at selected positions the labels must be the original tokens")
     rate = selected.sum().item() / (~special).sum().item()

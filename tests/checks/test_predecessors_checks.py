@@ -38,6 +38,30 @@ def _recall_marker_late(batch, length, distance, vocab, seed):
     return x, x[:, length - distance + 1]
 
 
+def _recall_marker_early(batch, length, distance, vocab, seed):
+    x, _ = recall_task(batch, length, distance, vocab, seed)
+    x[:, length - 1 - distance] = 5
+    x[:, length - 2 - distance] = 0
+    return x, x[:, length - 1 - distance]
+
+
+def _recall_no_marker(batch, length, distance, vocab, seed):
+    x = torch.randint(2, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+    return x, x[:, length - distance]
+
+
+def _recall_filler_from_one(batch, length, distance, vocab, seed):
+    x = torch.randint(1, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+    x[:, length - 1 - distance] = 0
+    return x, x[:, length - distance]
+
+
+def _recall_filler_past_vocab(batch, length, distance, vocab, seed):
+    x = torch.randint(2, vocab + 1, (batch, length), generator=torch.Generator().manual_seed(seed))
+    x[:, length - 1 - distance] = 0
+    return x, x[:, length - distance]
+
+
 def _recall_filler_with_markers(batch, length, distance, vocab, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, vocab, (batch, length), generator=g)
@@ -91,6 +115,11 @@ def _recall_ignores_seed(batch, length, distance, vocab, seed):
     (checks.check_recall_batch, _recall_unseeded, "same seed give different batches"),
     (checks.check_recall_batch, _recall_ignores_seed, "different seed gives the same batch"),
     # beyond the first audit
+    (checks.check_recall_batch, _recall_marker_early, "one step too early"),
+    (checks.check_recall_batch, _recall_no_marker, "some rows have no marker"),
+    (checks.check_recall_batch, lambda *a: (recall_task(*a)[0], recall_task(*a)[0][:, a[1] - 1 - a[2]]), "the answer should be the key"),
+    (checks.check_recall_batch, _recall_filler_from_one, "token 1 appears"),
+    (checks.check_recall_batch, _recall_filler_past_vocab, "draw them from \\[2, vocab\\)"),
     (checks.check_receptive_field, lambda layers, k: layers * (k - 1) + k, "one layer too many"),
     (checks.check_mlp_parameter_count, lambda v, w, d, h: mlp_count(v, w, d, h) - w * v, "output layer's bias"),
     (checks.check_mlp_parameter_count, lambda v, w, d, h: mlp_count(v, w, d, h) - h, "hidden layer's bias"),

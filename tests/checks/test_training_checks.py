@@ -44,7 +44,7 @@ def _lr(step, max_lr, warmup_steps, total_steps, min_lr):
 
 def _mask_variant(select=0.15, probs=(0.8, 0.1), specials_ok=False, labels_everywhere=False, labels_from_input=False,
                   random_from_all=False, no_generator=False, hard_coded=False, ignore=IGNORE_INDEX, independent=False,
-                  label_dtype=None):
+                  label_dtype=None, corrupt_unselected=False, labels_shifted=False):
     """BERT masking with one typical mistake switched on; hard_coded types in the notebook's ids (0, 1, 2)."""
     def fn(ids, mask_id, vocab_size, special_ids, generator):
         if hard_coded:
@@ -62,7 +62,11 @@ def _mask_variant(select=0.15, probs=(0.8, 0.1), specials_ok=False, labels_every
             selected & (action >= probs[0]) & (action < probs[0] + probs[1])
         inputs = torch.where(to_mask, torch.full_like(ids, mask_id), ids)
         inputs = torch.where(to_random, rand, inputs)
+        if corrupt_unselected:
+            inputs = torch.where(~selected & ordinary & (action < 0.05), rand, inputs)
         labels = torch.where(selected, inputs if labels_from_input else ids, torch.full_like(ids, ignore))
+        if labels_shifted:
+            labels = torch.where(selected, ids.roll(-1, dims=1), labels)
         labels = labels if label_dtype is None else labels.to(label_dtype)
         return inputs, (ids.clone() if labels_everywhere else labels)
     return fn
@@ -130,6 +134,8 @@ def _per_token(logits, ids, pad_id):
     (checks.check_perplexity, lambda l, n: math.exp(float(l.mean())), "same weight"),
     (checks.check_perplexity, lambda l, n: 2 ** float((l * n).sum() / n.sum()), "bits"),
     # beyond the first audit
+    (checks.check_mask_tokens, _mask_variant(corrupt_unselected=True), "tokens that were not selected were changed"),
+    (checks.check_mask_tokens, _mask_variant(labels_shifted=True), "labels hold the next token"),
     (checks.check_mask_tokens, _mask_variant(hard_coded=True), "your \\[MASK\\] is token 1"),
     (checks.check_mask_tokens, _mask_variant(ignore=-1), "labelled -1"),
     (checks.check_mask_tokens, _mask_variant(ignore=0), "labelled 0; use IGNORE_INDEX"),
