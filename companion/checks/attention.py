@@ -171,6 +171,9 @@ def check_split_heads(fn) -> bool:
         if tuple(got.shape) == (B, K, H, D):
             c.fail("your split is (batch, seq, heads, d_head): move heads before seq, so each head attends over "
                    "its own (seq, d_head) matrix")
+        if tuple(got.shape) == (B, H, D, K):
+            c.fail("your split is (batch, heads, d_head, seq): seq comes before d_head, so each head holds one "
+                   "d_head vector per position")
         if tuple(got.shape) == (B, D, K, H):
             c.fail(f"your split has {D} heads of width {H}: the number of heads went to d_head; name it in the "
                    "pattern, rearrange(..., heads=heads)")

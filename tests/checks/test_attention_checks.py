@@ -62,6 +62,7 @@ def _scores(q, k):
         (checks.check_merge_heads, lambda x: x.reshape(x.shape[0], x.shape[2], -1), "transpose, then merge"),
         (checks.check_multi_head_attention, lambda x, mha, causal=False: _mha(x, mha, False), "causal=True is ignored"),
         # beyond the first audit
+        (checks.check_split_heads, lambda x, h: rearrange(x, "b s (h d) -> b h d s", h=h), "seq comes before d_head"),
         (checks.check_attention_weights, lambda s, m=None: s, "not softmax weights"),
         (checks.check_multi_head_attention, lambda x, mha, causal=False: mha(x, causal=causal), "you ran mha itself"),
         pytest.param(checks.check_attention_scores, lambda q, k: q @ k.T / math.sqrt(q.shape[-1]), "k.T reverses all four",
