@@ -9,10 +9,6 @@ from companion import causal_mask, scaled_dot_product_attention, sliding_window_
 from companion.checks import CheckFailed
 from companion.checks import attention as checks
 
-TOL = dict(atol=1e-5, rtol=1e-5)
-
-
-
 
 def _raw(q, k):
     return torch.einsum("bhqd,bhkd->bhqk", q, k)
@@ -34,10 +30,6 @@ def _mha(x, mha, causal, layout="(h d)", qkv="kv"):
 
 def _scores(q, k):
     return torch.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(q.shape[-1])
-
-
-
-
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,6 @@ from companion.checks import decoding as checks
 from companion.decoding import filter_top_k, filter_top_p
 
 
-
-
 def good_append(cache, k, v):
     return cache.append(k, v)
 
@@ -24,10 +22,6 @@ def good_greedy(model, prompt, n):
         fed = ids.shape[1]
         ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     return ids
-
-
-
-
 
 
 def append_at_zero(cache, k, v):

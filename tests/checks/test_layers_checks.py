@@ -28,7 +28,6 @@ def _dropout(x, p, noise, training):
     return x * (noise >= p) / (1 - p) if training else x
 
 
-
 def test_checkers_leave_the_global_random_state_alone():
     torch.manual_seed(123)
     expected = torch.rand(3)

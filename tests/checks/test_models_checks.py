@@ -83,10 +83,6 @@ def greedy(model, src, length, start_id, position=-1, keep_start=False, feed_bac
     return target if keep_start else target[:, 1:]
 
 
-
-
-
-
 def with_(fn, **kwargs):
     return lambda *args: fn(*args, **kwargs)
 

@@ -9,8 +9,6 @@ from einops import rearrange
 from companion.checks import CheckFailed
 from companion.checks import positions as checks
 
-TOL = dict(atol=1e-5, rtol=1e-5)
-
 
 def one_hot_embedding(ids, weight):
     return F.one_hot(ids, weight.shape[0]).float() @ weight
@@ -52,7 +50,6 @@ def rotary(x, positions, base=10000.0, exponent=2.0, sign=1.0, neox=False, ignor
     if halves_out:
         return rearrange(out, "... half two -> ... (two half)")
     return rearrange(out, "... half two -> ... (half two)")
-
 
 
 @pytest.mark.parametrize(

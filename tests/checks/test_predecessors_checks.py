@@ -9,11 +9,6 @@ from companion.checks import predecessors as checks
 from companion.data import recall_task
 from companion.predecessors import causal_conv1d
 
-TOL = dict(atol=1e-5, rtol=1e-5)
-V, L = 11, 10
-
-
-
 
 def mlp_count(vocab, window, d_model, d_hidden):
     return vocab * d_model + window * d_model * d_hidden + d_hidden + d_hidden * window * vocab + window * vocab
@@ -25,10 +20,6 @@ def rnn_reference(x, h, w_xh, w_hh, b):
 
 def recall_reference(batch, length, distance, vocab, seed):
     return recall_task(batch, length, distance, vocab, seed)
-
-
-
-
 
 
 def _recall_marker_late(batch, length, distance, vocab, seed):

@@ -1,21 +1,13 @@
 """Chapter 7 checkers (training): typical wrong answers, each rejected with the hint that names it."""
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from companion import TransformerConfig
 from companion.checks import CheckFailed
 from companion.checks import training as checks
-from companion.training import (IGNORE_INDEX, lr_at, mask_tokens, mean_pool)
-
-ROOT = Path(__file__).resolve().parent.parent
-TINY = TransformerConfig(kind="decoder", vocab_size=16, context_length=12, d_model=16, heads=2, layers=1)
-
-
-
+from companion.training import IGNORE_INDEX, lr_at, mask_tokens, mean_pool
 
 
 def _pool(hidden, keep, head):
@@ -36,10 +28,6 @@ def _ppl(losses, counts):
 
 def _lr(step, max_lr, warmup_steps, total_steps, min_lr):
     return lr_at(step, max_lr=max_lr, warmup_steps=warmup_steps, total_steps=total_steps, min_lr=min_lr)
-
-
-
-
 
 
 def _mask_variant(select=0.15, probs=(0.8, 0.1), specials_ok=False, labels_everywhere=False, labels_from_input=False,
