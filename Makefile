@@ -2,10 +2,20 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-NBVAL := --nbval-current-env --nbval-cell-timeout=600 -p no:cacheprovider
+NBVAL := --nbval-current-env --nbval-cell-timeout=300 -p no:cacheprovider
 # Stored outputs are written and checked with one thread, so a sum's order (and so its last bits)
 # is the same on every machine; the course's models are small enough that one thread costs little.
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+# A second numeric path for the strict solutions run: ATen's generic kernels, MKL's
+# conditional-numerical-reproducibility path and two threads. A stored output that only one CPU's
+# arithmetic reproduces (a chaotic loss printed to the last digit) fails here, on any machine.
+OTHER_NUMERICS := ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
+# Every step that waits on another process (kernels, browsers, torchrun) has a hard wall-clock limit
+# in seconds: a stuck one fails the step, naming what was stuck, instead of stalling CI.
+LIMIT := $(BIN)/python tools/with_limit.py
+# The chapters, executed by tools/run_notebooks.py (own process per page, one thread, hard limit)
+# into the cache that Jupyter Book reads, so Sphinx itself executes nothing.
+CHAPTERS := $(wildcard book/0*.md)
 # Notebook kernels draw figures with matplotlib's inline backend; an MPLBACKEND set for scripts
 # (e.g. Agg on a headless machine) would silently drop every figure from the pages.
 unexport MPLBACKEND
@@ -14,7 +24,8 @@ unexport MPLBACKEND
 
 help:
 	@echo "make book       build the website into _build/html (warnings are errors)"
-	@echo "make test       unit tests, nbval on solutions/ (strict) and exercises/ (lax), sync check, book build, browser test"
+	@echo "make test       unit tests, nbval on solutions/ (strict, two numeric paths) and exercises/ (lax),"
+	@echo "                sync check, book build, browser test; fails if anything was written into the source tree"
 	@echo "make test-site  open every page of the built site in headless Chromium, offline (after make book)"
 	@echo "make exercises  regenerate exercises/ from solutions/"
 	@echo "make solutions  re-execute solutions/ in place (after editing one)"
@@ -31,26 +42,32 @@ $(BIN)/.installed: pyproject.toml
 book: venv
 	rm -rf _build/html
 	$(BIN)/python tools/offline_assets.py
-	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
+	$(BIN)/python tools/run_notebooks.py --jobs 2 --limit 900 --cache _build/.jupyter_cache $(CHAPTERS)
+	$(ONE_THREAD) $(LIMIT) 900 $(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
 	@echo "The book is built: open _build/html/index.html"
 
-test: test-unit test-notebooks book test-site
+# The whole suite, bracketed by a check that it wrote nothing into the source tree.
+test: venv
+	$(BIN)/python tools/tree_guard.py snapshot
+	$(MAKE) test-unit test-notebooks book test-site
+	$(BIN)/python tools/tree_guard.py check
 
 test-unit: venv
-	$(BIN)/python -m pytest tests
+	$(LIMIT) 1200 $(BIN)/python -m pytest tests
 
 test-notebooks: venv
-	$(ONE_THREAD) $(BIN)/python -m pytest --nbval $(NBVAL) --nbval-sanitize-with tests/nbval_sanitize.cfg solutions
-	$(ONE_THREAD) $(BIN)/python -m pytest --nbval-lax $(NBVAL) exercises
+	$(ONE_THREAD) $(LIMIT) 900 $(BIN)/python -m pytest --nbval $(NBVAL) --nbval-sanitize-with tests/nbval_sanitize.cfg solutions
+	$(OTHER_NUMERICS) $(LIMIT) 900 $(BIN)/python -m pytest --nbval $(NBVAL) --nbval-sanitize-with tests/nbval_sanitize.cfg solutions
+	$(ONE_THREAD) $(LIMIT) 900 $(BIN)/python -m pytest --nbval-lax $(NBVAL) exercises
 
 test-site: venv
-	COURSE_SITE=_build/html $(BIN)/python -m pytest tests/test_site.py -p no:cacheprovider
+	COURSE_SITE=_build/html $(LIMIT) 900 $(BIN)/python -m pytest tests/test_site.py -p no:cacheprovider
 
 exercises: venv
 	$(BIN)/python tools/make_exercises.py
 
 solutions: venv
-	$(ONE_THREAD) $(BIN)/python tools/run_notebooks.py solutions/*.ipynb
+	$(BIN)/python tools/run_notebooks.py --jobs 2 solutions/*.ipynb
 	$(BIN)/python tools/make_exercises.py
 
 serve:

@@ -9,6 +9,7 @@ from .decoding import KVCache, generate, kv_cache_bytes, new_caches
 from .device import autocast, pick_device, seed_everything
 from .models import DecoderLM, EncoderDecoder, EncoderLM, build_model, count_parameters
 from .predecessors import BagOfTokensMLP, CausalCNN, RNNLM, WindowMLP
+from .pretrained import load_pretrained, load_tokenizer
 from .training import TrainConfig, train
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "pick_device", "autocast", "seed_everything",
     "generate", "KVCache", "new_caches", "kv_cache_bytes",
     "train", "TrainConfig",
+    "load_pretrained", "load_tokenizer",
     "WindowMLP", "BagOfTokensMLP", "CausalCNN", "RNNLM",
 ]
 __version__ = "0.1.0"

@@ -7,10 +7,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields, replace
 
+from .layers import ACTIVATIONS, NORMS
+
 KINDS = ("decoder", "encoder", "encoder-decoder")
-NORMS = ("pre", "post")
 POSITIONALS = ("sinusoidal", "learned", "rope", "none")
-ACTIVATIONS = ("relu", "gelu")
 TASK_HEADS = ("none", "mlm", "classify")
 
 
@@ -160,10 +160,11 @@ def _presets() -> dict[str, TransformerConfig]:
         ),
         "bert-base": TransformerConfig(d_model=768, heads=12, layers=12, **bert),
         "bert-large": TransformerConfig(d_model=1024, heads=16, layers=24, **bert),
-        # Radford et al. 2019, the 124M model: pre-LN, final LayerNorm, tied embeddings.
+        # Radford et al. 2019, the 124M model: pre-LN, final LayerNorm, tied embeddings, and the tanh
+        # approximation of GELU that its weights were trained with.
         "gpt2-small": TransformerConfig(
             kind="decoder", vocab_size=50257, context_length=1024, d_model=768, heads=12, layers=12,
-            norm="pre", positional="learned", activation="gelu", tie_embeddings=True,
+            norm="pre", positional="learned", activation="gelu_tanh", tie_embeddings=True,
         ),
     }
 

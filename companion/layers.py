@@ -71,8 +71,17 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight
 
 
-NORMS = ("pre", "post", "none")
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+class GELUTanh(nn.GELU):
+    """GELU with the tanh approximation GPT-2 was trained with:
+    0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))). It differs from the exact GELU by up to ~5e-4."""
+
+    def __init__(self):
+        super().__init__(approximate="tanh")
+
+
+# The one list of each choice; TransformerConfig validates against these names.
+NORMS = ("pre", "post", "none")  # where Residual puts the LayerNorm; "none" has no norm at all
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "gelu_tanh": GELUTanh}
 
 
 class FeedForward(nn.Module):

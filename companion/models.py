@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .attention import Dropout, KVCacheLayer, MultiHeadAttention, no_dropout, padding_mask
 from .config import TransformerConfig
-from .layers import FeedForward, LayerNorm, Residual
+from .layers import ACTIVATIONS, FeedForward, LayerNorm, Residual
 from .positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions
 
 
@@ -258,8 +258,9 @@ class EncoderLM(nn.Module):
         d = config.d_model
         self.pooler = nn.Sequential(nn.Linear(d, d), nn.Tanh()) if config.pooler else None
         if config.task_head == "mlm":
-            # BERT's MLM head: a transform (dense + GELU + LayerNorm), then the tied vocabulary projection.
-            self.mlm_transform = nn.Sequential(nn.Linear(d, d), nn.GELU(), LayerNorm(d, config.layer_norm_eps))
+            # BERT's MLM head: a transform (dense + activation + LayerNorm), then the tied vocabulary projection.
+            act = ACTIVATIONS[config.activation]()
+            self.mlm_transform = nn.Sequential(nn.Linear(d, d), act, LayerNorm(d, config.layer_norm_eps))
             self.mlm_head = _LanguageModelHead(config, self.embed.tokens)
             self.mlm_bias = nn.Parameter(torch.zeros(config.vocab_size))
         elif config.task_head == "classify":

@@ -4,12 +4,8 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 
 from companion import MultiHeadAttention, TransformerConfig, build_model
-from companion.checks import CheckFailed
-from companion.checks import positions as checks
 from companion.positions import (
     LearnedPositions, RotaryEmbedding, SinusoidalPositions, equivariance_gap, inverse_frequencies, offset_rotation,
     rotate_pairs, sinusoidal_table,
@@ -147,104 +143,3 @@ def test_bad_input_gets_a_clear_error(call, error, message):
     with pytest.raises(error, match=message):
         call()
 
-
-# --- the exercise checkers accept the reference and reject typical mistakes with the matching hint ---
-
-def one_hot_embedding(ids, weight):
-    return F.one_hot(ids, weight.shape[0]).float() @ weight
-
-
-def gap(layer, x, perm):
-    return (layer(x[:, perm]) - layer(x)[:, perm]).abs().max().item()
-
-
-def table(n, d, base=10000.0, swap=False, halves=False, exponent=2.0, start=0, sign=-1.0):
-    pos = torch.arange(start, start + n, dtype=torch.float32)[:, None]
-    i = torch.arange(d // 2, dtype=torch.float32)[None, :]
-    angle = pos * base ** (sign * exponent * i / d)
-    first, second = (angle.cos(), angle.sin()) if swap else (angle.sin(), angle.cos())
-    if halves:
-        return torch.cat([first, second], -1)
-    return rearrange(torch.stack([first, second], -1), "seq half two -> seq (half two)")
-
-
-def rotation(offset, d, transpose=False, exponent=2.0, halves=False):
-    angle = offset * 10000 ** (-exponent * torch.arange(d // 2) / d)
-    m = torch.zeros(d, d)
-    for i, a in enumerate(angle.tolist()):
-        j, k = (i, i + d // 2) if halves else (2 * i, 2 * i + 1)
-        block = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-        m[[j, j, k, k], [j, k, j, k]] = (block.T if transpose else block).flatten()
-    return m
-
-
-def rotary(x, positions, base=10000.0, exponent=2.0, sign=1.0, neox=False, ignore_positions=False):
-    d = x.shape[-1]
-    positions = torch.arange(x.shape[-2]) if ignore_positions else positions
-    angle = sign * positions[:, None].float() * base ** (-exponent * torch.arange(d // 2) / d)[None, :]
-    if neox:
-        x1, x2 = x[..., : d // 2], x[..., d // 2:]
-        return torch.cat([x1 * angle.cos() - x2 * angle.sin(), x1 * angle.sin() + x2 * angle.cos()], -1)
-    even, odd = x[..., 0::2], x[..., 1::2]
-    out = torch.stack([even * angle.cos() - odd * angle.sin(), even * angle.sin() + odd * angle.cos()], -1)
-    return rearrange(out, "... half two -> ... (half two)")
-
-
-def test_checkers_accept_reference_answers(capsys):
-    assert checks.check_one_hot_embedding(one_hot_embedding)
-    assert checks.check_one_hot_embedding(lambda ids, w: w[ids])  # a lookup is the same thing
-    assert checks.check_equivariance_gap(gap)
-    assert checks.check_equivariance_gap(lambda layer, x, perm: (layer(x[:, perm]) - layer(x)[:, perm]).abs().max())
-    assert checks.check_sinusoidal_table(table)
-    assert checks.check_sinusoidal_table(sinusoidal_table)
-    assert checks.check_offset_rotation(rotation)
-    assert checks.check_offset_rotation(offset_rotation)
-    assert checks.check_rotary(rotary)
-    assert "passed" in capsys.readouterr().out
-
-
-def test_stub_is_reported_as_not_yet_implemented(capsys):
-    def stub(*args):
-        raise NotImplementedError("exercise")
-    for checker in (checks.check_one_hot_embedding, checks.check_equivariance_gap, checks.check_sinusoidal_table,
-                    checks.check_offset_rotation, checks.check_rotary):
-        assert not checker(stub)
-    assert capsys.readouterr().out.count("not implemented yet") == 5
-
-
-@pytest.mark.parametrize(
-    "checker, wrong, hint",
-    [
-        (checks.check_one_hot_embedding, lambda ids, w: F.one_hot(ids).float() @ w, "without num_classes"),
-        (checks.check_one_hot_embedding, lambda ids, w: F.one_hot(ids, w.shape[0]) @ w, r"convert it with .float\(\)"),
-        (checks.check_one_hot_embedding, lambda ids, w: F.one_hot(ids, w.shape[0]).float(), "the one-hot itself"),
-        (checks.check_one_hot_embedding, lambda ids, w: F.one_hot(ids, w.shape[0]).float() @ w.T, "raised RuntimeError"),
-        (checks.check_one_hot_embedding, lambda ids, w: F.one_hot(ids, w.shape[1]).float() @ w, "did you use d_model"),
-        (checks.check_one_hot_embedding, lambda ids, w: F.one_hot(ids + 1, w.shape[0]).float() @ w, "differs from the reference"),
-        (checks.check_equivariance_gap, lambda layer, x, perm: (layer(x[:, perm]) - layer(x)).abs().max().item(), "unpermuted"),
-        (checks.check_equivariance_gap, lambda layer, x, perm: (layer(x[:, perm]) - layer(x)[:, perm.argsort()]).abs().max().item(), "inverse permutation"),
-        (checks.check_equivariance_gap, lambda layer, x, perm: (layer(x[perm]) - layer(x)[perm]).abs().max().item(), "not the batch"),
-        (checks.check_equivariance_gap, lambda layer, x, perm: (layer(x[:, perm]) - layer(x)[:, perm]).abs().mean().item(), "mean absolute"),
-        (checks.check_equivariance_gap, lambda layer, x, perm: layer(x[:, perm]) - layer(x)[:, perm], "return one number"),
-        (checks.check_sinusoidal_table, lambda n, d: table(n, d, swap=True), "sin and cos are swapped"),
-        (checks.check_sinusoidal_table, lambda n, d: table(n, d, halves=True), "all sines first"),
-        (checks.check_sinusoidal_table, lambda n, d: table(n, d, exponent=4.0), "fall too fast"),
-        (checks.check_sinusoidal_table, lambda n, d: table(n, d, exponent=1.0), "fall too slowly"),
-        (checks.check_sinusoidal_table, lambda n, d: table(n, d, base=1000.0), "base is not 10000"),
-        (checks.check_sinusoidal_table, lambda n, d: table(n, d, sign=1.0), "negative exponent"),
-        (checks.check_sinusoidal_table, lambda n, d: table(n, d, start=1), "positions start at 1"),
-        (checks.check_sinusoidal_table, lambda n, d: table(n, d).T, "shape"),
-        (checks.check_offset_rotation, lambda k, d: rotation(k, d, transpose=True), "moves positions backwards"),
-        (checks.check_offset_rotation, lambda k, d: rotation(k, d, halves=True), "adjacent features"),
-        (checks.check_offset_rotation, lambda k, d: rotation(k, d, exponent=4.0), "wrong frequency"),
-        (checks.check_offset_rotation, lambda k, d: rotation(1, d), "multiply the angle by the offset"),
-        (checks.check_rotary, lambda x, p: rotary(x, p, neox=True), "GPT-NeoX layout"),
-        (checks.check_rotary, lambda x, p: rotary(x, p, sign=-1.0), "negative angle"),
-        (checks.check_rotary, lambda x, p: rotary(x, p, ignore_positions=True), "positions are ignored"),
-        (checks.check_rotary, lambda x, p: rotary(x, p, exponent=4.0), "fall too fast"),
-        (checks.check_rotary, lambda x, p: rotary(x, p, exponent=1.0), "fall too slowly"),
-    ],
-)
-def test_checker_rejects_typical_mistake(checker, wrong, hint):
-    with pytest.raises(CheckFailed, match=hint):
-        checker(wrong)

@@ -1,4 +1,4 @@
-"""Training: objectives, schedule, exact resume from checkpoints, DDP equals one process, data helpers, checkers."""
+"""Training: objectives, schedule, exact resume from checkpoints, DDP equals one process, data helpers."""
 import math
 import os
 import re
@@ -12,8 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from companion import TransformerConfig, build_model
-from companion.checks import CheckFailed
-from companion.checks import training as checks
 from companion.data import (CharTokenizer, encode_corpus, in_context_task, random_windows, scrambled_task,
                             sequential_windows)
 from companion.training import (IGNORE_INDEX, SequenceClassifier, TrainConfig, evaluate_loss, load_checkpoint,
@@ -237,115 +235,3 @@ def test_ddp_on_two_processes_matches_one_process_on_the_global_batch(tmp_path):
     for a, b in zip(single.parameters(), result["params"]):
         torch.testing.assert_close(a.detach(), b, atol=1e-5, rtol=1e-5)
 
-
-# ---------------------------------------------------------------- checkers
-
-
-def _pool(hidden, keep, head):
-    return head(mean_pool(hidden, keep))
-
-
-def _masking(ids, mask_id, vocab_size, special_ids, generator):
-    return mask_tokens(ids, mask_id=mask_id, vocab_size=vocab_size, special_ids=special_ids, generator=generator)
-
-
-def _loss(logits, ids, pad_id):
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), ignore_index=pad_id)
-
-
-def _ppl(losses, counts):
-    return math.exp(float((losses * counts).sum() / counts.sum()))
-
-
-def _lr(step, max_lr, warmup_steps, total_steps, min_lr):
-    return lr_at(step, max_lr=max_lr, warmup_steps=warmup_steps, total_steps=total_steps, min_lr=min_lr)
-
-
-def test_checkers_accept_reference_answers(capsys):
-    assert checks.check_mask_tokens(_masking)
-    assert checks.check_next_token_loss(_loss)
-    assert checks.check_lr_schedule(_lr)
-    assert checks.check_pool_and_classify(_pool)
-    assert checks.check_perplexity(_ppl)
-    assert capsys.readouterr().out.count("passed") == 5
-
-
-def test_checker_reports_stub_as_not_yet(capsys):
-    def stub(*args, **kwargs):
-        raise NotImplementedError("exercise")
-    assert not checks.check_mask_tokens(stub)
-    assert "not implemented yet" in capsys.readouterr().out
-
-
-def _mask_variant(select=0.15, probs=(0.8, 0.1), specials_ok=False, labels_everywhere=False, labels_from_input=False,
-                  random_from_all=False, no_generator=False):
-    def fn(ids, mask_id, vocab_size, special_ids, generator):
-        g = None if no_generator else generator
-        draw = lambda: torch.rand(ids.shape, generator=g)  # noqa: E731
-        ordinary = torch.ones_like(ids, dtype=torch.bool) if specials_ok else ~torch.isin(ids, torch.tensor(list(special_ids)))
-        selected = (draw() < select) & ordinary
-        action = draw()
-        low = 0 if random_from_all else 3
-        rand = torch.randint(low, vocab_size, ids.shape, generator=g)
-        rand = torch.where(rand == mask_id, torch.full_like(rand, 5), rand)
-        inputs = torch.where(selected & (action < probs[0]), torch.full_like(ids, mask_id), ids)
-        inputs = torch.where(selected & (action >= probs[0]) & (action < probs[0] + probs[1]), rand, inputs)
-        labels = torch.where(selected, inputs if labels_from_input else ids, torch.full_like(ids, IGNORE_INDEX))
-        return inputs, (ids.clone() if labels_everywhere else labels)
-    return fn
-
-
-def _only_masked_labelled(ids, mask_id, vocab_size, special_ids, generator):
-    inputs, labels = _masking(ids, mask_id, vocab_size, special_ids, generator)
-    masked = inputs == mask_id
-    return torch.where(masked, inputs, ids), torch.where(masked, labels, torch.full_like(labels, IGNORE_INDEX))
-
-
-def _per_token(logits, ids, pad_id):
-    return F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none"), ids[:, 1:] != pad_id
-
-
-@pytest.mark.parametrize("checker, wrong, hint", [
-    (checks.check_mask_tokens, _mask_variant(specials_ok=True), "special tokens"),
-    (checks.check_mask_tokens, _mask_variant(select=0.3), "BERT selects 15%"),
-    (checks.check_mask_tokens, _mask_variant(probs=(1.0, 0.0)), "every selected token became"),
-    (checks.check_mask_tokens, _mask_variant(probs=(0.8, 0.2)), "left unchanged"),
-    (checks.check_mask_tokens, _mask_variant(probs=(0.9, 0.0)), "random token: 10%"),
-    (checks.check_mask_tokens, _mask_variant(probs=(0.1, 0.1)), "expected 80%, 10%, 10%"),
-    (checks.check_mask_tokens, _mask_variant(labels_everywhere=True), "labels hold a token at every position"),
-    (checks.check_mask_tokens, _mask_variant(labels_from_input=True), "labels hold the corrupted input"),
-    (checks.check_mask_tokens, _mask_variant(random_from_all=True), "random replacements are special"),
-    (checks.check_mask_tokens, _mask_variant(no_generator=True), "draw every random number with `generator`"),
-    (checks.check_mask_tokens, _only_masked_labelled, "only the \\[MASK\\]ed positions carry labels"),
-    (checks.check_next_token_loss, lambda lg, ids, pad: F.cross_entropy(lg.reshape(-1, lg.shape[-1]), ids.reshape(-1), ignore_index=pad),
-     "target of position t is the next token"),
-    (checks.check_next_token_loss, lambda lg, ids, pad: F.cross_entropy(lg[:, 1:].reshape(-1, lg.shape[-1]), ids[:, :-1].reshape(-1), ignore_index=pad),
-     "shift goes the wrong way"),
-    (checks.check_next_token_loss, lambda lg, ids, pad: F.cross_entropy(lg[:, :-1].reshape(-1, lg.shape[-1]), ids[:, 1:].reshape(-1)),
-     "padding targets are counted"),
-    (checks.check_next_token_loss, lambda lg, ids, pad: (lambda t, r: (t * r).sum() / r.numel())(*_per_token(lg, ids, pad)),
-     "still divided by every position"),
-    (checks.check_next_token_loss, lambda lg, ids, pad: (lambda t, r: ((t * r).sum(1) / r.sum(1)).mean())(*_per_token(lg, ids, pad)),
-     "averaged each row, then the rows"),
-    (checks.check_next_token_loss, lambda lg, ids, pad: (lambda t, r: (t * r).sum())(*_per_token(lg, ids, pad)), "returned the sum"),
-    (checks.check_lr_schedule, lambda s, mx, w, t, mn: mx * s / w if s < w else _lr(s, mx, w, t, mn), "rate at step 0 is 0"),
-    (checks.check_lr_schedule, lambda s, mx, w, t, mn: _lr(s, mx, w, t, 0.0), "cosine ends at 0"),
-    (checks.check_lr_schedule, lambda s, mx, w, t, mn: mn + 0.5 * (mx - mn) * (1 + math.cos(math.pi * min(1, s / t))), "no warm-up"),
-    (checks.check_lr_schedule, lambda s, mx, w, t, mn: _lr(s, mx, w, t, mn) if s < w else mn + 0.5 * (mx - mn) * (1 + math.cos(math.pi * min(1, s / t))),
-     "measured from step 0"),
-    (checks.check_lr_schedule, lambda s, mx, w, t, mn: _lr(s, mx, w, t, mn) if s < w else mx - (mx - mn) * min(1, (s - w) / (t - w)), "straight line"),
-    (checks.check_lr_schedule, lambda s, mx, w, t, mn: _lr(s, mx, w, t, mn) if s < w else mn + 0.5 * (mx - mn) * (1 + math.cos(math.pi * (s - w) / (t - w))),
-     "climbs again"),
-    (checks.check_pool_and_classify, lambda h, k, head: head(h.mean(1)), "includes padding"),
-    (checks.check_pool_and_classify, lambda h, k, head: head(h[:, 0]), "first position only"),
-    (checks.check_pool_and_classify, lambda h, k, head: head((h * k.unsqueeze(-1)).sum(1)), "you summed"),
-    (checks.check_pool_and_classify, lambda h, k, head: head(h.masked_fill(~k.unsqueeze(-1), -1e9).amax(1)), "maximum"),
-    (checks.check_pool_and_classify, lambda h, k, head: head(mean_pool(h, k)).T, "shape"),
-    (checks.check_perplexity, lambda l, n: float((l.exp() * n).sum() / n.sum()), "averaged the batches' perplexities"),
-    (checks.check_perplexity, lambda l, n: float(l.exp().mean()), "without weights"),
-    (checks.check_perplexity, lambda l, n: math.exp(float(l.mean())), "same weight"),
-    (checks.check_perplexity, lambda l, n: 2 ** float((l * n).sum() / n.sum()), "bits"),
-])
-def test_checker_rejects_typical_mistake(checker, wrong, hint):
-    with pytest.raises(CheckFailed, match=hint):
-        checker(wrong)

@@ -29,13 +29,24 @@ def check_attention_scores(fn) -> bool:
     """fn(q, k) -> scores (batch, heads, q_pos, k_pos) = q k^T / sqrt(d_head)."""
     with Checker("check_attention_scores") as c:
         q, k, _ = _qkv(1)
-        got = c.call(fn, q, k)
+        with c.explain({"must match the size": "q and k do not line up: transpose only k's last two axes, "
+                        "k.transpose(-2, -1) (k.T reverses all four), or use one einsum",
+                        "Expected size for first two dimensions": "q @ k multiplies d_head by k_pos: transpose k's "
+                        "last two axes first, q @ k.transpose(-2, -1)"}):
+            got = c.call(fn, q, k)
         raw = _raw_scores(q, k)
+        c.expect_tensor(got)
+        if tuple(got.shape) == (B, H, K, Q):
+            c.fail("your scores are (batch, heads, k_pos, q_pos): keys on the rows. Contract q with k so queries "
+                   "are rows: 'batch heads q_pos d_head, batch heads k_pos d_head -> batch heads q_pos k_pos'")
         c.expect_shape(got, (B, H, Q, K), hint="scores pair every query (q_pos) with every key (k_pos)")
         c.diagnose(got, raw / math.sqrt(D), {
             "your scores are not divided by sqrt(d_head); without it their variance grows with d_head": raw,
             "you divided by d_head; the scale is sqrt(d_head), which keeps the variance near 1": raw / D,
             "you divided by sqrt(d_model) or another width; use the last dimension of q, d_head": raw / math.sqrt(D * H),
+            "you divided by sqrt(k_pos), the number of keys; the scale is sqrt(d_head), q's last dimension":
+                raw / math.sqrt(K),
+            "you multiplied by sqrt(d_head); divide by it": raw * math.sqrt(D),
         })
     return c.passed
 
@@ -60,6 +71,11 @@ def check_attention_weights(fn) -> bool:
             "the mask is inverted: True means 'may attend', so fill where mask is False": scores.masked_fill(mask, float("-inf")).softmax(-1),
             "you zeroed the weights after the softmax without renormalising; mask the scores before it":
                 scores.softmax(-1) * mask,
+            "masked scores are 0 (filled with 0, or multiplied by the mask), and a score of 0 still gets weight "
+            "after the softmax (e^0 = 1); fill them with -inf, so their weight is exactly 0":
+                scores.masked_fill(~mask, 0.0).softmax(-1),
+            "you added the mask to the scores (True = 1, False = 0) instead of filling with -inf where it is False":
+                (scores + mask).softmax(-1),
         }, what="weights with a causal mask")
     return c.passed
 
@@ -80,6 +96,8 @@ def check_causal_mask(fn) -> bool:
             c.fail("row 0 may attend to later positions: you built the upper triangle; queries are rows, keys columns")
         if torch.equal(got, expected & ~torch.eye(n, dtype=torch.bool)):
             c.fail("the diagonal is masked: each position must be able to attend to itself")
+        if torch.equal(got, torch.ones(n, n, dtype=torch.bool).tril(1)):
+            c.fail("off by one: query i also sees key i + 1, one step into the future; keep j <= i (tril's diagonal=0)")
         if not torch.equal(got, expected):
             bad = (got != expected).nonzero()[0].tolist()
             c.fail(f"entry (query {bad[0]}, key {bad[1]}) is {bool(got[bad[0], bad[1]])}, expected {bool(expected[bad[0], bad[1]])}")
@@ -93,6 +111,9 @@ def check_scaled_dot_product(fn) -> bool:
         raw = _raw_scores(q, k)
         weighted = lambda w: torch.einsum("bhqk,bhkd->bhqd", w, v)  # noqa: E731
         got = c.call(fn, q, k, v)
+        c.expect_tensor(got)
+        if tuple(got.shape) == (B, H, Q, K):
+            c.fail("you returned the attention weights (batch, heads, q_pos, k_pos); the output is weights @ v")
         c.expect_shape(got, (B, H, Q, D), hint="n queries in, n vectors out, each of width d_head")
         c.diagnose(got, scaled_dot_product_attention(q, k, v, fused=False), {
             "your scores are not divided by sqrt(d_head)": weighted(raw.softmax(-1)),
@@ -106,6 +127,10 @@ def check_scaled_dot_product(fn) -> bool:
                 scaled_dot_product_attention(q, k, v, fused=False),
             "the mask is inverted: True means 'may attend'":
                 weighted((raw / math.sqrt(D)).masked_fill(mask, float("-inf")).softmax(-1)),
+            "masked scores are filled with 0, which still gets weight after the softmax; fill them with -inf":
+                weighted((raw / math.sqrt(D)).masked_fill(~mask, 0.0).softmax(-1)),
+            "you zeroed the weights after the softmax without renormalising; mask the scores before it":
+                weighted((raw / math.sqrt(D)).softmax(-1) * mask),
         }, what="output with a causal mask")
     return c.passed
 
@@ -117,7 +142,11 @@ def check_sliding_window_mask(fn) -> bool:
         got = c.call(fn, n, w)
         c.expect_tensor(got, "your mask")
         c.expect_shape(got, (n, n), "your mask")
+        c.expect_dtype(got, torch.bool, "your mask", hint="attention fills where the mask is False, so it must be "
+                       "boolean (True = may attend); compare with >= and < rather than building numbers")
         expected = sliding_window_mask(n, w)
+        if torch.equal(got, ~expected):
+            c.fail("your mask is inverted: True should mean 'may attend', inside the window")
         if torch.equal(got.bool(), causal_mask(n)):
             c.fail("this is the plain causal mask: also hide keys window or more positions back")
         if torch.equal(got.bool(), sliding_window_mask(n, w + 1)):
@@ -138,6 +167,16 @@ def check_split_heads(fn) -> bool:
     with Checker("check_split_heads") as c:
         x = random_tensor(B, K, H * D, seed=7)
         got = c.call(fn, x, H)
+        c.expect_tensor(got, "your split")
+        if tuple(got.shape) == (B, K, H, D):
+            c.fail("your split is (batch, seq, heads, d_head): move heads before seq, so each head attends over "
+                   "its own (seq, d_head) matrix")
+        if tuple(got.shape) == (B, H, D, K):
+            c.fail("your split is (batch, heads, d_head, seq): seq comes before d_head, so each head holds one "
+                   "d_head vector per position")
+        if tuple(got.shape) == (B, D, K, H):
+            c.fail(f"your split has {D} heads of width {H}: the number of heads went to d_head; name it in the "
+                   "pattern, rearrange(..., heads=heads)")
         c.diagnose(got, rearrange(x, "b s (h d) -> b h s d", h=H), {
             "heads and d_head are swapped in the feature axis: features are laid out (heads d_head), head-major":
                 rearrange(x, "b s (d h) -> b h s d", h=H),
@@ -151,7 +190,12 @@ def check_merge_heads(fn) -> bool:
     """fn(x) -> (batch, seq, heads * d_head) from (batch, heads, seq, d_head): the inverse of split."""
     with Checker("check_merge_heads") as c:
         x = random_tensor(B, H, K, D, seed=8)
-        got = c.call(fn, x)
+        with c.explain({"view size is not compatible": "after a transpose the tensor is not contiguous, so .view "
+                        "fails: use .reshape, or einops.rearrange"}):
+            got = c.call(fn, x)
+        c.expect_tensor(got, "your merge")
+        if tuple(got.shape) == (B, K, H, D):
+            c.fail("your merge is (batch, seq, heads, d_head): also join heads and d_head into one axis, (heads d_head)")
         c.diagnose(got, rearrange(x, "b h s d -> b s (h d)"), {
             "the merged features are ordered (d_head heads); merge as (heads d_head) to undo the split":
                 rearrange(x, "b h s d -> b s (d h)"),
@@ -178,13 +222,26 @@ def check_multi_head_attention(fn) -> bool:
             full_width = mha.to_out(scaled_dot_product_attention(*(
                 rearrange(t, "b h s d -> b 1 s (h d)") for t in (q, k, v)), fused=False)[:, 0])
             no_out = rearrange(scaled_dot_product_attention(q, k, v, fused=False), "b h s d -> b s (h d)")
-        got = c.call(fn, x, mha)
+            d_major = [rearrange(layer(x), "b s (d h) -> b h s d", h=H) for layer in (mha.to_q, mha.to_k, mha.to_v)]
+            wrong_split = mha.to_out(rearrange(scaled_dot_product_attention(*d_major, fused=False), "b h s d -> b s (h d)"))
+            all_q = mha.to_out(rearrange(scaled_dot_product_attention(q, q, q, fused=False), "b h s d -> b s (h d)"))
+            no_v = mha.to_out(rearrange(scaled_dot_product_attention(q, k, rearrange(x, "b s (h d) -> b h s d", h=H),
+                                                                     fused=False), "b h s d -> b s (h d)"))
+        whole = {mha: "you ran mha itself, mha(x); the exercise is to write it from mha.to_q, mha.to_k, mha.to_v "
+                      "and mha.to_out"}
+        with c.forbid(whole):
+            got = c.call(fn, x, mha)
         c.expect_shape(got, (B, K, H * D), hint="n vectors in, n vectors out, each of width d_model")
         c.diagnose(got, expected, {
             "this is one full-width head: split q, k and v into heads before attending": full_width,
             "the output projection mha.to_out is missing after merging the heads": no_out,
+            "the heads are split as (d_head heads); the features are laid out (heads d_head), head-major":
+                wrong_split,
+            "q, k and v all come from mha.to_q: keys come from mha.to_k and values from mha.to_v": all_q,
+            "the values are x itself: project them with mha.to_v first": no_v,
         })
-        got = c.call(fn, x, mha, causal=True)
+        with c.forbid(whole):
+            got = c.call(fn, x, mha, causal=True)
         c.diagnose(got, expected_causal, {
             "causal=True is ignored: later positions still influence earlier ones": expected,
         }, what="your causal output")

@@ -82,6 +82,12 @@ def check_rms_norm(fn) -> bool:
                 x / (ms.sqrt() + EPS) * weight,
             "weight is not applied: multiply the normalised x by weight": x / torch.sqrt(ms + EPS),
             "you multiplied by the root mean square instead of dividing by it": x * torch.sqrt(ms + EPS) * weight,
+            "you summed the squares; RMSNorm takes their mean over d_model, mean(x^2)":
+                x / torch.sqrt(x.pow(2).sum(-1, keepdim=True) + EPS) * weight,
+            "eps is ignored: add it to the mean square before the square root, sqrt(mean(x^2) + eps)":
+                x / ms.sqrt() * weight,
+            "you divided by the standard deviation (centred): RMSNorm divides by sqrt(mean(x^2) + eps) of x itself":
+                x / torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + EPS) * weight,
         })
     return c.passed
 
@@ -104,6 +110,12 @@ def check_batch_norm_tokens(fn) -> bool:
                 _normalise(x, 1, EPS),
             "you used the unbiased variance; in training mode BatchNorm normalises with the biased one":
                 _normalise(x, (0, 1), EPS, unbiased=True),
+            "eps is ignored: add it to the variance before the square root":
+                _normalise(x, (0, 1), 0.0),
+            "eps is added outside the square root; it belongs inside: sqrt(var + eps)":
+                (x - x.mean((0, 1), keepdim=True)) / (x.var((0, 1), keepdim=True, unbiased=False).sqrt() + EPS),
+            "the mean is not subtracted: centre each feature before dividing":
+                x / torch.sqrt(x.var((0, 1), keepdim=True, unbiased=False) + EPS),
         })
     return c.passed
 
@@ -138,6 +150,8 @@ def check_residual(fn) -> bool:
                     "the skip connection is missing: pre-norm returns x + F(LN(x)), not F(LN(x))": f(ln(x)),
                     "the skip carries LN(x); it must carry x itself, unnormalised: x + F(LN(x))": ln(x) + f(ln(x)),
                     "the norm is not applied: x + F(LN(x))": x + f(x),
+                    "you normalised the sum as well, LN(x + F(LN(x))); pre-norm leaves the sum alone (the stack's "
+                    "final norm comes once, after the last block)": ln(x + f(ln(x))),
                 }),
                 "post": (post, {
                     "this is pre-norm, x + F(LN(x)); post-norm normalises after the sum: LN(x + F(x))": pre,
@@ -145,6 +159,10 @@ def check_residual(fn) -> bool:
                     "the norm sits on the sub-layer's output only; post-norm normalises the sum: LN(x + F(x))":
                         x + ln(f(x)),
                     "the norm is not applied: LN(x + F(x))": x + f(x),
+                    "the sub-layer reads LN(x): post-norm feeds x itself to the sub-layer and normalises the sum, "
+                    "LN(x + F(x))": ln(x + f(ln(x))),
+                    "you normalised x before adding, LN(x) + F(x); post-norm normalises the sum, LN(x + F(x))":
+                        ln(x) + f(x),
                 }),
             }
         for placement, (expected, mistakes) in variants.items():
@@ -158,9 +176,11 @@ def check_feed_forward(fn) -> bool:
     with Checker("check_feed_forward") as c:
         with torch.random.fork_rng(devices=[]):  # leave the learner's random state alone
             torch.manual_seed(51)
-            ff = FeedForward(D, 4 * D, activation="relu").eval()
+            ff = FeedForward(D, 4 * D, activation="gelu").eval()
         x = _x(52)
-        got = c.call(fn, x, ff)
+        with c.forbid({ff: "you ran the block itself, ff(x); the exercise is to write it from ff.up, ff.act "
+                           "and ff.down"}):
+            got = c.call(fn, x, ff)
         with torch.no_grad():
             expected = ff(x)
             mistakes = {
@@ -170,6 +190,11 @@ def check_feed_forward(fn) -> bool:
                     ff.act(ff.down(ff.up(x))),
                 "there is an extra activation after the down projection: the output must be able to go negative":
                     ff.act(ff.down(ff.act(ff.up(x)))),
+                "you used ReLU; use the block's own activation, ff.act (GELU here)": ff.down(torch.relu(ff.up(x))),
+                "the activation comes before the up projection; it belongs between up and down":
+                    ff.down(ff.up(ff.act(x))),
+                "there is a skip connection inside: the block returns down(act(up(x))); the residual is added "
+                "around it, outside": x + ff.down(ff.act(ff.up(x))),
             }
         c.expect_shape(got, (B, S, D), hint="the block maps d_model -> d_ff -> d_model at every position")
         c.diagnose(got, expected, mistakes)
@@ -192,10 +217,14 @@ def check_dropout(fn) -> bool:
                 x * ~keep / p,
             "you dropped with probability 1 - p and scaled by 1 / (1 - p)": x * ~keep / (1 - p),
             "nothing is dropped: zero the entries where noise < p": x / (1 - p),
+            "where noise < p you left x as it is; dropped entries must be 0": torch.where(keep, x / (1 - p), x),
+            "you kept the entries where noise < 1 - p: the same rate, but the exercise keeps noise >= p":
+                x * (noise < 1 - p) / (1 - p),
         }, what="your training-mode output")
         got = c.call(fn, x, p, noise, False)
         c.diagnose(got, x, {
             "dropout is still applied in eval mode: when not training, return x unchanged": x * keep / (1 - p),
             "in eval mode you scaled x by 1 - p; with inverted dropout eval mode returns x unchanged": x * (1 - p),
+            "in eval mode you still zeroed entries: when not training, return x unchanged": x * keep,
         }, what="your eval-mode output")
     return c.passed

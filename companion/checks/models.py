@@ -3,34 +3,56 @@ parameter counts and greedy decoding, each compared with the companion and the m
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import TransformerConfig
 from ..models import DecoderBlock, EncoderBlock, EncoderDecoder, count_parameters, greedy_decode
-from ._core import Checker, random_tensor
+from ._core import Checker, random_tensor, randomise_norms
 
 __all__ = [
     "check_encoder_block", "check_decoder_block", "check_next_token_probabilities", "check_layer_parameters",
     "check_greedy_decode",
 ]
 
-B, T, S, D, H, F = 2, 5, 7, 12, 3, 20  # batch, target seq, source seq, d_model, heads, d_ff: all different
+B, T, S, D, H, FF = 2, 5, 7, 12, 3, 20  # batch, target seq, source seq, d_model, heads, d_ff: all different
 
 
 def _config(**changes) -> TransformerConfig:
     base = TransformerConfig(kind="encoder-decoder", vocab_size=11, context_length=16, d_model=D, heads=H,
-                             layers=1, d_ff=F, norm="post", activation="relu")
+                             layers=1, d_ff=FF, norm="post", activation="relu")
     return base.replace(**changes)
 
 
 def _encoder_block(seed: int) -> EncoderBlock:
     torch.manual_seed(seed)
-    return EncoderBlock(_config()).eval()
+    block = EncoderBlock(_config()).eval()
+    randomise_norms(block, seed)  # so each norm is its own function, and a swapped or skipped one shows
+    return block
 
 
 def _decoder_block(seed: int) -> DecoderBlock:
     torch.manual_seed(seed)
-    return DecoderBlock(_config(), cross=True).eval()
+    block = DecoderBlock(_config(), cross=True).eval()
+    randomise_norms(block, seed)
+    return block
+
+
+def _plain_norm(t: Tensor) -> Tensor:
+    """F.layer_norm without the block's parameters: a typical mistake."""
+    return F.layer_norm(t, t.shape[-1:], eps=1e-5)
+
+
+def _wholes(block) -> dict:
+    """The block and its Residual wrappers: running them skips what the exercise asks to write."""
+    hints = {block: "you ran the block itself, block(x); the exercise is to write what it computes, from "
+                    "block.<sub-layer>.sublayer and block.<sub-layer>.norm"}
+    for name in ("attention", "cross_attention", "feed_forward"):
+        if hasattr(block, name):
+            hints[getattr(block, name)] = (f"you ran block.{name} whole, which adds and normalises for you; "
+                                           f"write norm(x + sublayer(x)) from block.{name}.sublayer and "
+                                           f"block.{name}.norm")
+    return hints
 
 
 def check_encoder_block(fn) -> bool:
@@ -49,9 +71,16 @@ def check_encoder_block(fn) -> bool:
             no_residual = norm2(ff(h))
             h = x + attn(x)
             no_norm = h + ff(h)
-            h = norm1(x + ff(x))
-            swapped = norm2(h + attn(h))
-        got = c.call(fn, x, block)
+            h = norm2(x + ff(x))
+            swapped = norm1(h + attn(h))
+
+            def post(first, second):
+                h = first(x + attn(x))
+                return second(h + ff(h))
+            one_norm, last_norm = post(norm1, norm1), post(norm2, norm2)
+            norms_swapped, plain = post(norm2, norm1), post(_plain_norm, _plain_norm)
+        with c.forbid(_wholes(block)):
+            got = c.call(fn, x, block)
         c.expect_shape(got, (B, S, D), hint="n vectors in, n vectors out, each of width d_model")
         c.diagnose(got, expected, {
             "you normalised before each sub-layer, x + F(LN(x)) (pre-LN); this block is post-LN: LN(x + F(x))": pre,
@@ -59,6 +88,14 @@ def check_encoder_block(fn) -> bool:
             "LN(x + F(x))": no_residual,
             "the LayerNorms are missing: each sub-layer's sum goes through its norm, LN(x + F(x))": no_norm,
             "the sub-layers are in the wrong order: self-attention first, then the feed-forward block": swapped,
+            "one LayerNorm is used for both sub-layers: each has its own, with its own weight and bias; use "
+            "block.attention.norm after the attention and block.feed_forward.norm after the feed-forward": one_norm,
+            "block.feed_forward.norm is used for both sub-layers: the attention's sum goes through "
+            "block.attention.norm": last_norm,
+            "the norms are swapped: block.attention.norm belongs after the attention, block.feed_forward.norm "
+            "after the feed-forward": norms_swapped,
+            "you normalised without the block's parameters (F.layer_norm without weight and bias, or a fresh "
+            "LayerNorm): use the block's own norms, which carry learned weights and biases": plain,
         })
     return c.passed
 
@@ -73,19 +110,23 @@ def check_decoder_block(fn) -> bool:
         cross, n2 = block.cross_attention.sublayer, block.cross_attention.norm
         ff, n3 = block.feed_forward.sublayer, block.feed_forward.norm
 
-        def assemble(self_causal=True, cross_source="memory", cross_causal=False, cross_first=False) -> Tensor:
+        def assemble(self_causal=True, cross_source="memory", cross_causal=False, cross_first=False,
+                     norms=(n1, n2, n3)) -> Tensor:
+            m1, m2, m3 = norms
+
             def do_self(h):
-                return n1(h + self_attn(h, causal=self_causal))
+                return m1(h + self_attn(h, causal=self_causal))
 
             def do_cross(h):
                 context = memory if cross_source == "memory" else None
-                return n2(h + cross(h, context, causal=cross_causal))
+                return m2(h + cross(h, context, causal=cross_causal))
 
             with torch.no_grad():
                 h = do_self(do_cross(x)) if cross_first else do_cross(do_self(x))
-                return n3(h + ff(h))
+                return m3(h + ff(h))
 
-        got = c.call(fn, x, memory, block)
+        with c.forbid(_wholes(block)):
+            got = c.call(fn, x, memory, block)
         c.expect_shape(got, (B, T, D), hint="one vector per target position: queries come from x (the decoder), "
                        "keys and values of the cross-attention from memory")
         c.diagnose(got, assemble(), {
@@ -97,6 +138,16 @@ def check_decoder_block(fn) -> bool:
                 assemble(cross_causal=True),
             "the cross-attention comes before the masked self-attention; the order is self, cross, feed-forward":
                 assemble(cross_first=True),
+            "the cross-attention and feed-forward norms are swapped: block.cross_attention.norm follows the "
+            "cross-attention, block.feed_forward.norm the feed-forward": assemble(norms=(n1, n3, n2)),
+            "the self-attention and cross-attention norms are swapped: block.attention.norm follows the "
+            "self-attention, block.cross_attention.norm the cross-attention": assemble(norms=(n2, n1, n3)),
+            "one LayerNorm is used for every sub-layer: each has its own, with its own weight and bias":
+                assemble(norms=(n1, n1, n1)),
+            "the cross-attention reuses the self-attention's norm: use block.cross_attention.norm":
+                assemble(norms=(n1, n1, n3)),
+            "you normalised without the block's parameters (F.layer_norm without weight and bias, or a fresh "
+            "LayerNorm): use the block's own norms": assemble(norms=(_plain_norm,) * 3),
         })
     return c.passed
 
@@ -108,7 +159,9 @@ def check_next_token_probabilities(fn) -> bool:
         hidden = random_tensor(B, T, D, seed=6)
         embedding = random_tensor(11, D, seed=7) * 0.5
         logits = hidden @ embedding.T  # (batch, seq, vocab)
-        got = c.call(fn, hidden, embedding)
+        with c.explain({"cannot be multiplied": "the output projection is the transposed embedding: hidden "
+                        "(batch, d_model) @ embedding.T (d_model, vocab) gives (batch, vocab) logits"}):
+            got = c.call(fn, hidden, embedding)
         c.expect_shape(got, (B, 11), hint="one distribution over the vocabulary per sequence, from its last position")
         c.diagnose(got, logits[:, -1].softmax(-1), {
             "these are logits, not probabilities: apply softmax over the vocabulary": logits[:, -1],
@@ -116,6 +169,12 @@ def check_next_token_probabilities(fn) -> bool:
                 logits[:, 0].softmax(-1),
             "the softmax runs over the batch (dim 0); it belongs on the vocabulary (dim -1)": logits[:, -1].softmax(0),
             "these are log-probabilities: use softmax, not log_softmax": logits[:, -1].log_softmax(-1),
+            "the softmax runs over positions (dim 1); take the last position first, then softmax over the "
+            "vocabulary": logits.softmax(1)[:, -1],
+            "you averaged the positions; the next token comes from the last position alone, hidden[:, -1]":
+                logits.mean(1).softmax(-1),
+            "you scaled the logits by 1 / sqrt(d_model): that scale belongs to attention scores; the output "
+            "head is hidden @ embedding.T, nothing more": (logits[:, -1] / D ** 0.5).softmax(-1),
         }, what="your probabilities")
     return c.passed
 
@@ -127,41 +186,66 @@ def _reference_layer_parameters(d_model: int, d_ff: int, cross: bool) -> int:
     return count_parameters(block)
 
 
+def _block_count(d: int, f: int, cross: bool, *, attention_bias: bool = True, ff_bias: bool = True,
+                 norm_params: int = 2, projections: int = 4, norms: int | None = None, attentions: int | None = None,
+                 ff_layers: int = 2, missing_norms: int = 0) -> int:
+    """One block's parameters with a typical mistake switched on (all defaults: the right count)."""
+    attentions = (2 if cross else 1) if attentions is None else attentions
+    norms = ((3 if cross else 2) if norms is None else norms) - missing_norms
+    attention = projections * (d * d + (d if attention_bias else 0))
+    feed_forward = d * f + (f if ff_bias else 0) + (d * f + (d if ff_bias else 0) if ff_layers == 2 else 0)
+    return attentions * attention + feed_forward + norms * norm_params * d
+
+
+_PARAMETER_MISTAKES = [  # (hint, the mistake's settings); a count is matched on every case at once
+    ("the biases are missing: every linear layer has one (d_model per attention projection, d_ff and d_model "
+     "in the feed-forward block)", dict(attention_bias=False, ff_bias=False)),
+    ("the attention projections' biases are missing: W_Q, W_K, W_V and W_O each add d_model",
+     dict(attention_bias=False)),
+    ("the feed-forward biases are missing: d_ff for the first layer and d_model for the second", dict(ff_bias=False)),
+    ("the LayerNorms are missing: each sub-layer has one, with a weight and a bias of d_model each",
+     dict(norm_params=0)),
+    ("each LayerNorm has a weight and a bias, d_model each: you counted one of them", dict(norm_params=1)),
+    ("a LayerNorm is missing: one per sub-layer (2 in an encoder block, 3 in a decoder block)",
+     dict(missing_norms=1)),
+    ("an attention projection is missing: W_Q, W_K, W_V and the output projection W_O, four d_model x d_model "
+     "matrices", dict(projections=3)),
+    ("the feed-forward block has two layers, d_model -> d_ff and d_ff -> d_model: you counted one",
+     dict(ff_layers=1)),
+]
+
+
+def _name_parameter_mistake(c: Checker, got: dict, expected: dict) -> None:
+    """Fail with the one mistake that explains every count, else with the first wrong count."""
+    cases = list(got)
+    d, f, cross = first = next(case for case in cases if got[case] != expected[case])
+    what = f"for d_model={d}, d_ff={f}, cross={cross} you counted {got[first]:,}, expected {expected[first]:,}"
+    for hint, mistake in _PARAMETER_MISTAKES:
+        if all(got[case] == _block_count(*case, **mistake) for case in cases):
+            c.fail(f"{what}. {hint}")
+    encoders_right = all(got[case] == expected[case] for case in cases if not case[2])
+    for hint, mistake in [
+        ("the decoder block's cross-attention is missing: a second attention and a third LayerNorm",
+         dict(attentions=1, norms=2)),
+        ("the cross-attention's LayerNorm is missing: a decoder block has three", dict(norms=2)),
+    ]:
+        if encoders_right and all(got[case] == _block_count(*case, **mistake) for case in cases if case[2]):
+            c.fail(f"{what}. {hint}")
+    if not encoders_right and all(got[case] == expected[case] for case in cases if case[2]):
+        c.fail(f"{what}. Your decoder counts are right but not the encoder's: an encoder block has one "
+               "attention and two LayerNorms, and no cross-attention")
+    c.fail(what)
+
+
 def check_layer_parameters(fn) -> bool:
     """fn(d_model, d_ff, cross) -> int: parameters of one encoder block (cross=False) or one decoder block
     with cross-attention (cross=True), with biases and LayerNorm weights, as count_parameters counts them."""
     with Checker("check_layer_parameters") as c:
-        for d, f in ((24, 40), (512, 2048)):
-            for cross in (False, True):
-                got = c.call(fn, d, f, cross)
-                if isinstance(got, Tensor):
-                    got = got.item()
-                if not isinstance(got, int) or isinstance(got, bool):
-                    c.fail(f"return a whole number (int), got {type(got).__name__}")
-                attentions, norms = (2, 3) if cross else (1, 2)
-                attention, feed_forward, norm = 4 * (d * d + d), 2 * d * f + f + d, 2 * d
-                expected = _reference_layer_parameters(d, f, cross)
-                if got == expected:
-                    continue
-                what = f"for d_model={d}, d_ff={f}, cross={cross} you counted {got:,}, expected {expected:,}"
-                hints = {
-                    attentions * 4 * d * d + 2 * d * f + norms * norm: "the biases are missing: every linear layer "
-                    "has one (d_model per attention projection, d_ff and d_model in the feed-forward block)",
-                    attentions * attention + feed_forward: "the LayerNorms are missing: each sub-layer has one, "
-                    "with a weight and a bias of d_model each",
-                    attentions * 3 * (d * d + d) + feed_forward + norms * norm: "an attention projection is missing: "
-                    "W_Q, W_K, W_V and the output projection W_O, four d_model x d_model matrices",
-                    attentions * attention + 2 * d * f + norms * norm: "the feed-forward biases are missing: "
-                    "d_ff for the first layer and d_model for the second",
-                    attentions * attention + feed_forward + (norms - 1) * norm: "a LayerNorm is missing: one per "
-                    "sub-layer (2 in an encoder block, 3 in a decoder block)",
-                }
-                if cross:
-                    hints[attention + feed_forward + 2 * norm] = ("the decoder block's cross-attention is missing: "
-                                                                  "a second attention and a third LayerNorm")
-                    hints[2 * attention + feed_forward + 2 * norm] = ("the cross-attention's LayerNorm is missing: "
-                                                                      "a decoder block has three")
-                c.fail(f"{what}. {hints[got]}" if got in hints else what)
+        cases = [(d, f, cross) for d, f in ((24, 40), (512, 2048)) for cross in (False, True)]
+        got = {case: c.expect_int(c.call(fn, *case), "your count") for case in cases}
+        expected = {case: _reference_layer_parameters(*case) for case in cases}
+        if got != expected:
+            _name_parameter_mistake(c, got, expected)
     return c.passed
 
 
@@ -191,28 +275,47 @@ def _greedy_start_only(model: EncoderDecoder, src: Tensor, length: int, start_id
     return logits.argmax(-1)
 
 
+def _greedy_last_token_only(model: EncoderDecoder, src: Tensor, length: int, start_id: int) -> Tensor:
+    """A typical mistake, kept for the checker: each step decodes only the newest token, with no cache."""
+    memory = model.encode(src)
+    target = torch.full((src.shape[0], 1), start_id)
+    for _ in range(length):
+        target = torch.cat([target, model.decode(target[:, -1:], memory)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return target[:, 1:]
+
+
 def check_greedy_decode(fn) -> bool:
     """fn(model, src_ids, length, start_id) -> (batch, length) target ids chosen by argmax one at a time,
     each step decoding the whole target so far (start token first, not returned)."""
     with Checker("check_greedy_decode") as c:
         model = _checker_model()
         src = torch.tensor([[3, 1, 4, 1, 5, 9, 2], [6, 5, 3, 5, 8, 9, 7]])
-        length, start = 6, 0
+        length, start = 6, 4  # not 0, so a start token typed in as 0 shows
         got = c.expect_tensor(c.call(fn, model, src, length, start), "your ids")
         with torch.no_grad():
             expected = greedy_decode(model, src, length, start)
             first = _greedy_first_position(model, src, length, start)
             start_only = _greedy_start_only(model, src, length, start)
+            last_only = _greedy_last_token_only(model, src, length, start)
+            from_zero = greedy_decode(model, src, length, 0)
         if tuple(got.shape) == (B, length + 1):
             c.fail("you returned the start token too: return only the generated tokens, target[:, 1:]")
+        if tuple(got.shape) == (B, length - 1):
+            c.fail(f"you returned {length - 1} tokens: the loop must run `length` times, one new token each")
         c.expect_shape(got, (B, length), "your ids")
         if got.dtype.is_floating_point:
             c.fail(f"your ids have dtype {got.dtype}: return token ids (argmax indices), not logits or probabilities")
+        c.expect_dtype(got, torch.long, "your ids", hint="token ids are torch.long, as argmax returns them")
         if not torch.equal(got, expected):
             if torch.equal(got, first):
                 c.fail("you took the logits of the first position; the next token comes from the last, logits[:, -1]")
             if torch.equal(got, start_only):
                 c.fail("nothing is fed back: each step appends its chosen token to the target and decodes again")
+            if torch.equal(got, last_only):
+                c.fail("each step decodes only the newest token: without a cache the decoder must see the whole "
+                       "target so far, model.decode(target, memory)")
+            if torch.equal(got, from_zero):
+                c.fail(f"the target starts with token 0; start it with start_id (here {start})")
             step = int((got != expected).any(0).nonzero()[0])
             c.fail(f"your tokens first differ at position {step}: got {got[:, step].tolist()}, "
                    f"expected {expected[:, step].tolist()}")

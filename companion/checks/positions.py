@@ -4,8 +4,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
+from torch.overrides import TorchFunctionMode
 
 from ..attention import MultiHeadAttention
 from ..positions import RotaryEmbedding, equivariance_gap, offset_rotation, sinusoidal_table
@@ -18,6 +18,24 @@ __all__ = [
 
 B, S, V, D = 2, 5, 11, 6  # batch, seq, vocab, d_model: all different, so a swapped axis shows
 H, D_HEAD = 3, 8          # heads, d_head for the rotary checker
+OTHER_BASES = (10.0, 1000.0, 100000.0, 500000.0, 1000000.0)  # typed for 10000 (100 is the i/d mistake)
+
+
+class _WatchLookups(TorchFunctionMode):
+    """Notes when `weight` is indexed by token ids (weight[ids], F.embedding, index_select, ...)."""
+
+    LOOKUPS = ("__getitem__", "index_select", "embedding", "take", "gather", "take_along_dim")
+
+    def __init__(self, weight):
+        super().__init__()
+        self.weight, self.used = weight, None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in self.LOOKUPS and any(a is self.weight for a in (*args, *kwargs.values())):
+            self.used = self.used or name
+        return func(*args, **kwargs)
 
 
 def _angles(n: int, d: int, base: float = 10000.0, scale: float = 1.0, start: int = 0, sign: float = -1.0):
@@ -37,7 +55,8 @@ def check_one_hot_embedding(fn) -> bool:
         ids = torch.tensor([[1, 4, 2, 8, 0], [3, 3, 7, 5, 6]])  # the largest id, 8, is below vocab - 1 = 10
         weight = random_tensor(V, D, seed=20)
         try:
-            got = c.call(fn, ids, weight)
+            with _WatchLookups(weight) as watch:
+                got = c.call(fn, ids, weight)
         except RuntimeError as error:
             message = str(error)
             if "dtype" in message or "scalar type" in message:
@@ -53,7 +72,13 @@ def check_one_hot_embedding(fn) -> bool:
         c.expect_tensor(got)
         if tuple(got.shape) == (B, S, V):
             c.fail("your result is (batch, seq, vocab): that is the one-hot itself; multiply it by weight")
-        c.diagnose(got, weight[ids])
+        c.diagnose(got, weight[ids], {
+            "your rows are shifted by one id: each token's row is weight[id], so one_hot(ids) needs no offset":
+                weight[(ids + 1) % V],
+        })
+        if watch.used:
+            c.fail(f"you looked the rows up ({watch.used} on weight); the exercise is to get the same rows by a "
+                   "matrix product, one_hot(ids) @ weight, to see that an embedding is a linear layer")
     return c.passed
 
 
@@ -66,7 +91,8 @@ def check_equivariance_gap(fn) -> bool:
         perm = torch.tensor([2, 0, 4, 1, 3])  # not its own inverse, so perm and its inverse differ
         inverse = perm.argsort()
         layers = {"self-attention without positions": attention,
-                  "causal self-attention": lambda t: attention(t, causal=True)}
+                  "causal self-attention": lambda t: attention(t, causal=True),
+                  "causal self-attention, negated": lambda t: -attention(t, causal=True)}
         for name, layer in layers.items():
             try:
                 got = c.call(fn, layer, x, perm)
@@ -83,6 +109,8 @@ def check_equivariance_gap(fn) -> bool:
                 unpermuted = (layer(x[:, perm]) - layer(x)).abs().max().item()
                 with_inverse = (layer(x[:, perm]) - layer(x)[:, inverse]).abs().max().item()
                 mean_gap = (layer(x[:, perm]) - layer(x)[:, perm]).abs().mean().item()
+                signed = (layer(x[:, perm]) - layer(x)[:, perm]).max().item()
+                squared = (layer(x[:, perm]) - layer(x)[:, perm]).pow(2).max().item()
             if math.isclose(got, expected, rel_tol=1e-3, abs_tol=1e-5):
                 continue
             if math.isclose(got, unpermuted, rel_tol=1e-3):
@@ -92,6 +120,11 @@ def check_equivariance_gap(fn) -> bool:
                 c.fail(f"for {name} you reordered the output with the inverse permutation; use the same perm on both sides")
             if math.isclose(got, mean_gap, rel_tol=1e-3):
                 c.fail("you returned the mean absolute difference; return the largest one (.max())")
+            if math.isclose(got, signed, rel_tol=1e-3):
+                c.fail(f"for {name} you returned the largest signed difference; a large negative difference is a gap "
+                       "too, so take .abs() before .max()")
+            if math.isclose(got, squared, rel_tol=1e-3):
+                c.fail("you returned the largest squared difference; the gap is the largest absolute difference")
             c.fail(f"for {name} your gap is {got:.4g}, expected {expected:.4g}")
     return c.passed
 
@@ -117,13 +150,14 @@ def check_sinusoidal_table(fn) -> bool:
             "arange(0, d_model, 2), it already is 2i, so do not double it": _sin_cos(_angles(n, d, scale=2.0)),
             "frequencies fall too slowly: the exponent is 2i/d_model (i the pair index), not i/d_model":
                 _sin_cos(_angles(n, d, scale=0.5)),
-            "the frequency base is not 10000: pair i's angle is pos / 10000^(2i/d_model)":
-                _sin_cos(_angles(n, d, base=1000.0)),
             "your angles are pos * 10000^(2i/d_model): divide by it (negative exponent), so frequencies fall":
                 _sin_cos(_angles(n, d, sign=1.0)),
             "positions start at 1; the first row is position 0 (sin 0 = 0, cos 0 = 1)":
                 _sin_cos(_angles(n, d, start=1)),
         }
+        for base in OTHER_BASES:
+            mistakes[f"the frequency base is {base:g}, not 10000: pair i's angle is pos / 10000^(2i/d_model)"] = \
+                _sin_cos(_angles(n, d, base=base))
         # Mistakes are told apart on the first two pairs, whose small angles survive float32 rounding
         # (a wrong sign makes later angles huge, and float32 and float64 sines of them disagree).
         if not torch.allclose(got.detach().float(), expected, atol=1e-5, rtol=1e-4):
@@ -159,6 +193,9 @@ def check_offset_rotation(fn) -> bool:
                 torch.block_diag(*_rotation(_angles(1, d, start=k, scale=2.0)[0])).float(),
             "the blocks turn by 1 * frequency: multiply the angle by the offset":
                 offset_rotation(1, d),
+            "the blocks turn by offset + 1 steps: the angle is offset * frequency": offset_rotation(k + 1, d),
+            **{f"the frequency base is {base:g}, not 10000: pair i turns by offset * 10000^(-2i/d_model)":
+               torch.block_diag(*_rotation(_angles(1, d, base=base, start=k)[0])).float() for base in OTHER_BASES},
         }, what="your matrix")
         table = sinusoidal_table(20, d)
         moved = table[:-k] @ got.float()
@@ -196,5 +233,11 @@ def check_rotary(fn) -> bool:
                 turned(_angles(16, D_HEAD, scale=2.0)[positions]),
             "frequencies fall too slowly: the exponent is 2i/d_head, not i/d_head":
                 turned(_angles(16, D_HEAD, scale=0.5)[positions]),
+            "you put the turned coordinates back as two halves (all first coordinates, then all second); "
+            "interleave them, so pair i stays at features 2i and 2i+1": torch.cat([
+                x[..., 0::2] * a.cos() - x[..., 1::2] * a.sin(), x[..., 0::2] * a.sin() + x[..., 1::2] * a.cos()],
+                -1).float(),
+            **{f"the frequency base is {base:g}, not 10000: pair i turns by m * 10000^(-2i/d_head)":
+               turned(_angles(16, D_HEAD, base=base)[positions]) for base in OTHER_BASES},
         }, what="your rotated x")
     return c.passed

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import count_parameters
-from ..predecessors import WindowMLP, causal_conv1d, receptive_field, rnn_step
+from ..predecessors import WindowMLP, causal_conv1d, receptive_field
 from ._core import Checker, random_tensor
 
 __all__ = [
@@ -13,19 +13,11 @@ __all__ = [
 ]
 
 
-def _expect_int(c: Checker, got, what: str) -> int:
-    if isinstance(got, torch.Tensor) and got.numel() == 1:
-        got = got.item()
-    if isinstance(got, bool) or not isinstance(got, int):
-        c.fail(f"{what} should be a whole number (int), got {type(got).__name__} {got!r}")
-    return got
-
-
 def check_mlp_parameter_count(fn) -> bool:
     """fn(vocab, window, d_model, d_hidden) -> the number of parameters of WindowMLP(vocab, window, d_model, d_hidden)."""
     with Checker("check_mlp_parameter_count") as c:
         for vocab, window, d_model, d_hidden in [(11, 7, 5, 13), (20, 16, 8, 32), (3, 1, 2, 4)]:
-            got = _expect_int(c, c.call(fn, vocab, window, d_model, d_hidden), "your count")
+            got = c.expect_int(c.call(fn, vocab, window, d_model, d_hidden), "your count")
             expected = count_parameters(WindowMLP(vocab, window, d_model, d_hidden))
             if got == expected:
                 continue
@@ -40,6 +32,10 @@ def check_mlp_parameter_count(fn) -> bool:
                     "the output layer writes logits for every position of the window: window * vocab outputs",
                 embed + window * d_hidden + d_hidden + out + window * vocab:
                     "the first layer reads the flattened embeddings, window * d_model numbers, not window token ids",
+                embed + hidden + d_hidden + out: "the output layer's bias is missing: window * vocab, one per logit",
+                embed + hidden + out + window * vocab: "the hidden layer's bias is missing: d_hidden of them",
+                embed + hidden + d_hidden + d_hidden * vocab + window * vocab:
+                    "the output layer maps d_hidden to window * vocab logits: d_hidden * window * vocab weights",
             }
             c.fail(mistakes.get(got, f"for vocab={vocab}, window={window}, d_model={d_model}, d_hidden={d_hidden} "
                                      f"you count {got}, but the model has {expected} parameters"))
@@ -50,7 +46,7 @@ def check_receptive_field(fn) -> bool:
     """fn(layers, kernel_size) -> how many positions one output of a stack of causal convolutions sees."""
     with Checker("check_receptive_field") as c:
         for layers, kernel in [(3, 5), (1, 4), (6, 2), (4, 1)]:
-            got = _expect_int(c, c.call(fn, layers, kernel), "your receptive field")
+            got = c.expect_int(c.call(fn, layers, kernel), "your receptive field")
             expected = receptive_field(layers, kernel)
             if got == expected:
                 continue
@@ -60,6 +56,12 @@ def check_receptive_field(fn) -> bool:
                 layers * (kernel - 1): "you forgot the output's own position: the field is 1 + layers * (kernel_size - 1)",
                 kernel**layers: "the field grows linearly with depth (without dilation), not as kernel_size ** layers",
                 kernel + layers - 1: "each layer adds kernel_size - 1 positions, not 1",
+                1 + layers * kernel: "each layer adds kernel_size - 1 new positions, not kernel_size: the window's "
+                                     "first position overlaps the one the layer below already sees",
+                1 + (layers - 1) * (kernel - 1): "one layer too few: every layer, the first included, adds "
+                                                 "kernel_size - 1 positions to the output's own one",
+                1 + (layers + 1) * (kernel - 1): "one layer too many: the first layer sees kernel_size positions, "
+                                                 "1 + (kernel_size - 1), and each further layer adds kernel_size - 1",
             }
             c.fail(mistakes.get(got, f"for layers={layers}, kernel_size={kernel} you say {got}, expected {expected}"))
     return c.passed
@@ -85,6 +87,8 @@ def check_causal_conv1d(fn) -> bool:
                 F.conv1d(F.pad(channels_first, (0, kernel - 1)), weight).transpose(1, 2),
             "the kernel is applied reversed in time: F.conv1d's weight[..., -1] multiplies the latest position":
                 causal_conv1d(x, weight.flip(-1)),
+            "output t does not see x[t]: you padded kernel_size zeros, one zero too many; pad kernel_size - 1":
+                F.conv1d(F.pad(channels_first, (kernel, 0)), weight)[..., :-1].transpose(1, 2),
         }, what="your convolution")
     return c.passed
 
@@ -95,15 +99,25 @@ def check_rnn_step(fn) -> bool:
         batch, d_in, d_model = 3, 5, 4
         x, h = random_tensor(batch, d_in, seed=3), random_tensor(batch, d_model, seed=4)
         w_xh, w_hh, bias = random_tensor(d_model, d_in, seed=5), random_tensor(d_model, d_model, seed=6), random_tensor(d_model, seed=7)
-        got = c.call(fn, x, h, w_xh, w_hh, bias)
+        with c.explain({"cannot be multiplied": "the weights are (d_model, d_in), torch's (d_out, d_in) layout: "
+                        "multiply by their transpose, x W_xh^T, or einsum 'batch d_in, d_model d_in -> batch d_model'"}):
+            got = c.call(fn, x, h, w_xh, w_hh, bias)
         c.expect_shape(got, (batch, d_model), "your new state", hint="the new state has one d_model vector per sequence")
         pre = x @ w_xh.T + h @ w_hh.T + bias
         c.diagnose(got, torch.tanh(pre), {
             "the tanh is missing: without a nonlinearity the RNN is a linear filter": pre,
+            "you used ReLU; this RNN squashes with tanh, which keeps the state in (-1, 1) step after step":
+                torch.relu(pre),
+            "you used sigmoid; this RNN squashes with tanh, which is centred on 0 and keeps the state in (-1, 1)":
+                torch.sigmoid(pre),
+            "the input x is ignored: the new state mixes x (through w_xh) and h (through w_hh)":
+                torch.tanh(h @ w_hh.T + bias),
             "the previous state h is ignored: the step must carry h forward through w_hh": torch.tanh(x @ w_xh.T + bias),
             "w_hh is applied transposed: torch stores weights as (d_out, d_in), so use h W_hh^T, "
             "pattern 'batch d_prev, d_model d_prev -> batch d_model'": torch.tanh(x @ w_xh.T + h @ w_hh + bias),
             "the bias is missing": torch.tanh(x @ w_xh.T + h @ w_hh.T),
+            "the bias is added after the tanh; it belongs inside, with the two products":
+                torch.tanh(x @ w_xh.T + h @ w_hh.T) + bias,
         }, what="your new state")
     return c.passed
 
