@@ -170,6 +170,12 @@ def next_token(logits: Tensor, temperature: float = 0.0, top_k: int | None = Non
     from softmax(logits / temperature) restricted by top_k and top_p."""
     _check_sampling(temperature, top_k, top_p)
     _check_logits(logits)
+    return _pick(logits, temperature, top_k, top_p, generator)
+
+
+def _pick(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
+          generator: torch.Generator | None) -> Tensor:
+    """next_token after its checks."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
@@ -263,7 +269,7 @@ def _steps(model: nn.Module, prompt_ids: Tensor, max_new_tokens: int, src_ids: T
                     f"the model's logits at generation step {step} are not finite (NaN or inf), so no token can be "
                     "chosen: its weights or activations have overflowed; check torch.isfinite on model.parameters()"
                 )
-            token = next_token(last, temperature, top_k, top_p, generator)
+            token = _pick(last, temperature, top_k, top_p, generator)  # the arguments were checked in stream()
         token = token.clone()  # outside inference mode: an ordinary tensor, usable with autograd
         ids = torch.cat([ids, token[:, None]], dim=1)
         yield token
