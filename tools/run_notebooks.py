@@ -102,7 +102,7 @@ def _child(source: Path, out: Path, progress: Path, cell_timeout: int) -> int:
         tmp.replace(progress)
 
     client = Client(
-        nb, timeout=cell_timeout, kernel_name="python3", allow_errors=False,
+        nb, timeout=cell_timeout, kernel_name="python3", allow_errors=False, record_timing=False,
         resources={"metadata": {"path": str(source.parent)}}, on_cell_start=on_cell_start,
     )
     client.execute()
