@@ -20,6 +20,10 @@ CHAPTERS := $(wildcard book/0*.md)
 # (e.g. Agg on a headless machine) would silently drop every figure from the pages.
 unexport MPLBACKEND
 
+# bash with pipefail, so a step piped through tee still fails when its command does.
+SHELL := bash
+.SHELLFLAGS := -o pipefail -c
+
 .PHONY: help venv book test test-unit test-notebooks test-site exercises solutions serve clean
 
 help:
@@ -43,7 +47,9 @@ book: venv
 	rm -rf _build/html
 	$(BIN)/python tools/offline_assets.py
 	$(BIN)/python tools/run_notebooks.py --jobs 2 --limit 900 --cache _build/.jupyter_cache $(CHAPTERS)
-	$(ONE_THREAD) $(LIMIT) 900 $(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
+	$(ONE_THREAD) $(LIMIT) 900 $(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going 2>&1 | tee _build/sphinx.log
+	@if grep -q "Executing notebook" _build/sphinx.log; then \
+		echo "Sphinx executed a page itself (see _build/sphinx.log): its cache entry from tools/run_notebooks.py did not match" >&2; exit 1; fi
 	@echo "The book is built: open _build/html/index.html"
 
 # The whole suite, bracketed by a check that it wrote nothing into the source tree.

@@ -112,3 +112,56 @@ def test_tree_guard_names_what_a_run_wrote(repo, capsys, mischief, named):
     (repo / "_build" / "html" / "index.html").write_text("ok")
     assert tree_guard.main(["check"], root=repo) == 1
     assert named in capsys.readouterr().err
+
+
+def test_polling_in_slices_recovers_a_missed_wake_up_and_keeps_the_timeout():
+    import asyncio
+    from queue import Empty
+
+    class Channel:  # a socket whose first wait misses its wake-up: it sleeps the whole timeout
+        calls = 0
+
+        async def get_msg(self, timeout=None):
+            Channel.calls += 1
+            if Channel.calls == 1 or self.silent:
+                await asyncio.sleep(timeout if timeout is not None else 3600)
+                raise Empty
+            return {"msg": "reply"}
+
+    async def timed(channel, timeout):
+        start = time.monotonic()
+        try:
+            return await channel.get_msg(timeout=timeout), time.monotonic() - start
+        except Empty:
+            return "empty", time.monotonic() - start
+
+    missed = Channel()
+    missed.silent = False
+    run_notebooks.poll_in_slices(missed)
+    reply, waited = asyncio.run(timed(missed, 600))
+    assert reply == {"msg": "reply"} and waited < 5  # not the 600 s the single long poll would sleep
+
+    silent = Channel()
+    silent.silent = True
+    run_notebooks.poll_in_slices(silent)
+    reply, waited = asyncio.run(timed(silent, 2.5))
+    assert reply == "empty" and 2.4 < waited < 10  # the overall timeout still holds
+
+
+WIDGET_CELL = """import ipywidgets as w, matplotlib.pyplot as plt
+from IPython.display import display
+s, o = w.IntSlider(value=1, max=10), w.Output()
+def redraw(change=None):
+    with o:
+        o.clear_output(wait=True)
+        fig, ax = plt.subplots(figsize=(2, 1.5)); ax.plot(range(s.value + 2)); plt.show()
+s.observe(redraw, names="value"); redraw(); display(w.VBox([s, o])); s.value = {i} % 10"""
+
+
+def test_a_widget_heavy_notebook_does_not_stall(tmp_path):
+    # Before the runner polled in slices, a notebook like this stalled in every run here (the
+    # client slept through a reply until the cell timeout, 600 s, ran out), and a page with an
+    # explorer stalled the book build. With the slices it takes 10-30 s; stalled, it is killed at 90.
+    nb = write_notebook(tmp_path / "widgets.ipynb", *[WIDGET_CELL.replace("{i}", str(i)) for i in range(30)])
+    results = run_notebooks.run_all([nb], limit=90, cell_timeout=600, store=False, log=lambda _line: None)
+    assert results == {nb: None}

@@ -48,8 +48,45 @@ def read_notebook(path: Path) -> nbformat.NotebookNode:
 # The child: executes one notebook, reporting each cell it starts in a progress file.
 
 
+POLL_SLICE = 1.0  # seconds: the longest a missed wake-up can delay a message
+
+
+def poll_in_slices(channel) -> None:
+    """Make `channel.get_msg(timeout)` wait in one-second slices instead of one long poll.
+
+    The async client's wait on a zmq socket can miss its wake-up: the kernel has replied and gone
+    idle, the reply sits in the socket, and the client sleeps on until the poll times out (seen
+    here with pyzmq 27 and jupyter_client 8, with ipykernel 6 and 7 alike: a cell that drives
+    widgets stalled for the whole cell timeout, then carried on). Each slice ends with a plain
+    check of the socket, so a missed wake-up costs at most a second, and the overall timeout
+    still holds.
+    """
+    from queue import Empty
+
+    wait = channel.get_msg
+
+    async def get_msg(timeout: float | None = None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = POLL_SLICE if deadline is None else max(0.0, min(POLL_SLICE, deadline - time.monotonic()))
+            try:
+                return await wait(timeout=left)
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+    channel.get_msg = get_msg
+
+
 def _child(source: Path, out: Path, progress: Path, cell_timeout: int) -> int:
     from nbclient import NotebookClient
+
+    class Client(NotebookClient):
+        async def async_start_new_kernel_client(self):
+            kc = await super().async_start_new_kernel_client()
+            for channel in (kc.shell_channel, kc.iopub_channel, kc.control_channel):
+                poll_in_slices(channel)
+            return kc
 
     nb = read_notebook(source)
     code_cells = sum(cell.cell_type == "code" for cell in nb.cells)
@@ -64,8 +101,8 @@ def _child(source: Path, out: Path, progress: Path, cell_timeout: int) -> int:
         tmp.write_text(json.dumps(note))
         tmp.replace(progress)
 
-    client = NotebookClient(
-        nb, timeout=cell_timeout, kernel_name="python3", allow_errors=False,
+    client = Client(
+        nb, timeout=cell_timeout, kernel_name="python3", allow_errors=False, record_timing=False,
         resources={"metadata": {"path": str(source.parent)}}, on_cell_start=on_cell_start,
     )
     client.execute()
