@@ -218,7 +218,7 @@ def greedy_one_call_too_many(model, prompt, n):
         (checks.check_top_p, lambda x, p: filter_top_p(x, p) * 2, "changed their logits"),
         (checks.check_greedy_with_cache, greedy_variant(no_start_pos=True), "start_pos=0"),
         (checks.check_greedy_with_cache, greedy_variant(first=True), "logits of the first fed position"),
-        (checks.check_greedy_with_cache, greedy_full_each_step, "the cache overflowed"),
+        (checks.check_greedy_with_cache, greedy_full_each_step, "only the newest token is fed"),
         (checks.check_greedy_with_cache, lambda m, p, n: generate(m, p, n)[:, p.shape[1]:], "only the new tokens"),
         (checks.check_greedy_with_cache, lambda m, p, n: torch.cat([p[:, :1] + 1, generate(m, p, n)[:, 1:]], 1), "not the prompt"),
         (checks.check_greedy_with_cache, lambda m, p, n: torch.cat([generate(m, p, n - 1), p[:, :1]], 1), "differ from full recomputation first at position 12"),
