@@ -9,19 +9,11 @@ from companion.checks import CheckFailed
 from companion.checks import decoding as checks
 from companion.decoding import filter_top_k, filter_top_p
 
+from reference_answers import greedy_with_cache
+
 
 def good_append(cache, k, v):
     return cache.append(k, v)
-
-
-def good_greedy(model, prompt, n):
-    caches = new_caches(model.config, prompt.shape[0], prompt.shape[1] + n)
-    ids, fed = prompt, 0
-    for _ in range(n):
-        logits = model(ids[:, fed:], caches=caches, start_pos=fed)
-        fed = ids.shape[1]
-        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return ids
 
 
 def append_at_zero(cache, k, v):
@@ -256,7 +248,7 @@ def greedy_one_call_too_many(model, prompt, n):
         (checks.check_greedy_with_cache, greedy_prompt_token_by_token, "feed the whole prompt"),
         (checks.check_greedy_with_cache, greedy_one_call_too_many, "ran 10 times for 9 new tokens"),
         (checks.check_greedy_with_cache, lambda m, p, n: generate(m, p, n, use_cache=False), "runs without a cache"),
-        (checks.check_greedy_with_cache, lambda m, p, n: good_greedy(m, p, n).int(), "dtype torch.int32"),
+        (checks.check_greedy_with_cache, lambda m, p, n: greedy_with_cache(m, p, n).int(), "dtype torch.int32"),
     ],
 )
 def test_checker_rejects_typical_mistake(checker, wrong, hint):
