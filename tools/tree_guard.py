@@ -57,6 +57,7 @@ def main(argv: list[str], root: Path = ROOT) -> int:
         print(f"tree_guard.py: no snapshot at {snapshot}; run `tree_guard.py snapshot` before the run", file=sys.stderr)
         return 2
     before, after = json.loads(snapshot.read_text()), state(root)
+
     def what(status: str) -> str:
         return {"??": "added", "!!": "added", " D": "removed", "D ": "removed"}.get(status[:2], "changed")
 
