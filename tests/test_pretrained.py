@@ -251,6 +251,33 @@ def test_hub_name_missing_from_the_cache_fails_at_once_saying_how_to_fetch_it(tm
         load_pretrained("someone/absent-model", cache_dir=tmp_path)
 
 
+def test_download_fetches_only_when_allowed_and_only_the_needed_files(small_gpt2, tmp_path, monkeypatch):
+    """download=True hands the hub name to huggingface_hub; here a stand-in 'hub' serves a folder this
+    test made, so the path a user takes online runs offline."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from companion.pretrained import HUB_PATTERNS
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, *, allow_patterns, cache_dir, local_files_only):
+        calls.append((repo_id, local_files_only))
+        if local_files_only:
+            raise LocalEntryNotFoundError("not cached")
+        target = tmp_path / "fetched"
+        shutil.copytree(small_gpt2[1], target, dirs_exist_ok=True)
+        return str(target)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    with pytest.raises(FileNotFoundError, match="download=True"):
+        load_pretrained("someone/tiny-gpt2")
+    model = load_pretrained("someone/tiny-gpt2", download=True)
+    assert calls == [("someone/tiny-gpt2", True), ("someone/tiny-gpt2", False)]
+    assert torch.equal(model.embed.tokens.weight, small_gpt2[0].transformer.wte.weight)
+    assert any(p.endswith(".safetensors") for p in HUB_PATTERNS) and not any("h5" in p or "msgpack" in p for p in HUB_PATTERNS)
+
+
 def test_dtype_is_applied_to_every_weight(small_gpt2):
     model = load_pretrained(small_gpt2[1], dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
