@@ -165,3 +165,13 @@ def test_a_widget_heavy_notebook_does_not_stall(tmp_path):
     nb = write_notebook(tmp_path / "widgets.ipynb", *[WIDGET_CELL.replace("{i}", str(i)) for i in range(30)])
     results = run_notebooks.run_all([nb], limit=90, cell_timeout=600, store=False, log=lambda _line: None)
     assert results == {nb: None}
+
+
+def test_nbval_cell_timeout_fires_and_names_the_cell(tmp_path):
+    # The notebook tests rely on nbval's per-cell timeout (the Makefile's --nbval-cell-timeout); see it fire.
+    nb = write_notebook(tmp_path / "slow.ipynb", "x = 1", "import time\ntime.sleep(120)", "print(2)")
+    start = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "--nbval-cell-timeout=5",
+                          "-p", "no:cacheprovider", str(nb)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert time.monotonic() - start < 100
+    assert run.returncode == 1 and "slow.ipynb::Cell 1" in run.stdout and "Timeout of 5 seconds exceeded" in run.stdout
