@@ -89,10 +89,11 @@ def test_any_bytes_round_trip_including_invalid_utf8(tok):
 def test_decode_replaces_bytes_that_are_not_utf8(tok):
     ids = tok.encode_bytes(b"ok \xff")
     assert tok.decode(ids) == "ok \ufffd"
-    # Cutting a sequence inside a multi-byte character, as sampling may, still decodes.
-    euro = tok.encode_bytes("€".encode())  # three bytes
-    assert tok.decode(euro[:-1] if len(euro) > 1 else [0xE2]) != "€"
-    assert tok.decode([0xE2, 0x82]) == "\ufffd"
+    # A sequence cut inside a multi-byte character, as sampling may leave it, still decodes.
+    euro = list("€".encode())  # the byte tokens 0xE2 0x82 0xAC
+    assert tok.decode(euro) == "€"
+    assert tok.decode(euro[:2]) == "\ufffd"
+    assert tok.decode_bytes(euro[:2]) == b"\xe2\x82"
 
 
 def test_lone_surrogate_encodes_and_decodes_as_replacement(tok):
@@ -304,6 +305,8 @@ def test_encode_matches_tokenizers_given_its_merges(corpus, hf_and_ours):
     (lambda: BPETokenizer.train("abc", 300, EOT), TypeError, r"special_tokens='<\|endoftext\|>' must be a sequence"),
     (lambda: BPETokenizer.train("abc", 300, ("<a>", "<a>")), ValueError, r"lists \['<a>'\] more than once"),
     (lambda: BPETokenizer.train("abc", 300, ("",)), ValueError, r"special_tokens holds ''; .* non-empty str"),
+    (lambda: BPETokenizer({(97, 98): 300}), ValueError, r"merge number 0 is \(97, 98\) -> 300; .* 256, 257"),
+    (lambda: BPETokenizer({(97, 256): 256}), ValueError, r"merge number 0 is \(97, 256\) -> 256"),
     (lambda: BPETokenizer({}).decode([0, 256]), ValueError, r"token id 256; .* \[0, 255\]"),
     (lambda: BPETokenizer({}).decode([-1]), ValueError, r"token id -1"),
     (lambda: BPETokenizer({}).decode("hello"), TypeError, r"takes token ids, got a str"),
