@@ -3,6 +3,7 @@
     from companion import presets, build_model, count_parameters
     model = build_model(presets["tiny"])
 """
+from .bpe import BPETokenizer
 from .attention import MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention, sliding_window_mask
 from .config import TransformerConfig, presets
 from .decoding import KVCache, generate, kv_cache_bytes, new_caches
@@ -19,7 +20,7 @@ __all__ = [
     "pick_device", "autocast", "seed_everything",
     "generate", "KVCache", "new_caches", "kv_cache_bytes",
     "train", "TrainConfig",
-    "load_pretrained", "load_tokenizer",
+    "load_pretrained", "load_tokenizer", "BPETokenizer",
     "WindowMLP", "BagOfTokensMLP", "CausalCNN", "RNNLM",
 ]
 __version__ = "0.1.0"
