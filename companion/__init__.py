@@ -3,8 +3,8 @@
     from companion import presets, build_model, count_parameters
     model = build_model(presets["tiny"])
 """
-from .bpe import BPETokenizer
 from .attention import MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention, sliding_window_mask
+from .bpe import BPETokenizer
 from .config import TransformerConfig, presets
 from .decoding import KVCache, generate, kv_cache_bytes, new_caches
 from .device import autocast, pick_device, seed_everything
