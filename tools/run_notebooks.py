@@ -89,14 +89,12 @@ def _child(source: Path, out: Path, progress: Path, cell_timeout: int) -> int:
             return kc
 
     nb = read_notebook(source)
-    code_cells = sum(cell.cell_type == "code" for cell in nb.cells)
 
     def on_cell_start(cell, cell_index):
         if cell.cell_type != "code":
             return
         first = next((line for line in cell.source.splitlines() if line.strip()), "")
-        note = {"cell": cell_index, "cells": len(nb.cells), "code_cells": code_cells,
-                "first_line": first[:100], "started": time.time()}
+        note = {"cell": cell_index, "cells": len(nb.cells), "first_line": first[:100], "started": time.time()}
         tmp = progress.with_suffix(".tmp")
         tmp.write_text(json.dumps(note))
         tmp.replace(progress)
@@ -114,6 +112,9 @@ def _child(source: Path, out: Path, progress: Path, cell_timeout: int) -> int:
 # The parent: starts children, enforces the limit, kills a stuck child and its kernel.
 
 
+OUT, PROGRESS, LOG = "executed.ipynb", "progress.json", "child.log"  # in each child's temporary folder
+
+
 @dataclass
 class Run:
     path: Path
@@ -123,15 +124,15 @@ class Run:
 
     @property
     def out(self) -> Path:
-        return Path(self.workdir.name) / "executed.ipynb"
+        return Path(self.workdir.name) / OUT
 
     @property
     def progress(self) -> Path:
-        return Path(self.workdir.name) / "progress.json"
+        return Path(self.workdir.name) / PROGRESS
 
     @property
     def log(self) -> Path:
-        return Path(self.workdir.name) / "child.log"
+        return Path(self.workdir.name) / LOG
 
     def where(self) -> str:
         """The cell the child was executing, from its progress file."""
@@ -158,15 +159,15 @@ def busy_state(pid: int) -> str:
 
 def start(path: Path, cell_timeout: int, threads: int) -> Run:
     workdir = tempfile.TemporaryDirectory(prefix="run-notebook-")
-    run = Run(path, None, workdir)  # type: ignore[arg-type]
+    folder = Path(workdir.name)
     env = {**os.environ, **{name: str(threads) for name in THREAD_VARIABLES}}
     env.pop("MPLBACKEND", None)  # kernels keep matplotlib's inline backend, or figures vanish
-    with open(run.log, "wb") as log:
-        run.proc = subprocess.Popen(
-            [sys.executable, __file__, "--child", str(path), str(run.out), str(run.progress), str(cell_timeout)],
+    with open(folder / LOG, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--child", str(path), str(folder / OUT), str(folder / PROGRESS), str(cell_timeout)],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
-    return run
+    return Run(path, proc, workdir)
 
 
 def finish(run: Run, cache_dir: Path | None, store: bool) -> str | None:
