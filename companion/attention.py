@@ -12,7 +12,7 @@ from typing import Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
-from einops import einsum, rearrange
+from einops import einsum, rearrange, repeat
 from torch import Tensor, nn
 
 
@@ -230,29 +230,57 @@ class KVCacheLayer(Protocol):
         ...
 
 
+def repeat_kv(x: Tensor, groups: int) -> Tensor:
+    """(batch, kv_heads, seq, d_head) -> (batch, kv_heads * groups, seq, d_head): each key/value head
+    repeated for the `groups` query heads that share it (grouped-query attention, Ainslie et al. 2023).
+
+    Head h of the result is kv head h // groups, so query heads 0..groups-1 read kv head 0, and so on.
+    """
+    if groups == 1:
+        return x
+    return repeat(x, "batch kv_heads seq d_head -> batch (kv_heads groups) seq d_head", groups=groups)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention: project, split into heads, attend, merge, project.
 
     Self-attention when `context` is None, cross-attention (queries from x, keys and values
     from context) otherwise. Costs the same as one full-width head: d_head = d_model / heads.
+
+    kv_heads < heads: grouped-query attention. Keys and values get kv_heads heads of d_head each
+    (to_k and to_v are kv_heads * d_head wide), each shared by heads / kv_heads query heads;
+    kv_heads=1 is multi-query attention. A cache stores only the kv_heads heads.
+    qk_norm: an RMSNorm over d_head on every query and key head before RoPE (OLMo 2, Qwen 3).
     """
 
-    def __init__(self, d_model: int, heads: int, *, bias: bool = True, dropout: float = 0.0, fused: bool = True):
+    def __init__(self, d_model: int, heads: int, *, bias: bool = True, dropout: float = 0.0, fused: bool = True,
+                 kv_heads: int | None = None, qk_norm: bool = False, eps: float = 1e-6):
         super().__init__()
         if d_model % heads != 0:
             raise ValueError(f"d_model={d_model} is not divisible by heads={heads}; d_head must be a whole number")
+        kv_heads = heads if kv_heads is None else kv_heads
+        if isinstance(kv_heads, bool) or not isinstance(kv_heads, int) or kv_heads < 1 or heads % kv_heads:
+            raise ValueError(f"kv_heads={kv_heads!r} must be a whole number that divides heads={heads}: "
+                             "each key/value head serves heads / kv_heads query heads")
         self.d_model, self.heads, self.d_head = d_model, heads, d_model // heads
+        self.kv_heads = kv_heads
         self.to_q = nn.Linear(d_model, d_model, bias=bias)
-        self.to_k = nn.Linear(d_model, d_model, bias=bias)
-        self.to_v = nn.Linear(d_model, d_model, bias=bias)
+        self.to_k = nn.Linear(d_model, kv_heads * self.d_head, bias=bias)
+        self.to_v = nn.Linear(d_model, kv_heads * self.d_head, bias=bias)
         self.to_out = nn.Linear(d_model, d_model, bias=bias)
+        if qk_norm:
+            from .layers import RMSNorm  # here: layers imports this module
+
+            self.q_norm, self.k_norm = RMSNorm(self.d_head, eps), RMSNorm(self.d_head, eps)
+        else:
+            self.q_norm = self.k_norm = None
         self.dropout = dropout  # on the attention weights, as in the original paper's code
         self.fused = fused
         self.record_weights = False  # when True, every forward keeps its weights in last_weights
         self.last_weights: Tensor | None = None
 
-    def split_heads(self, x: Tensor) -> Tensor:
-        return rearrange(x, "batch seq (heads d_head) -> batch heads seq d_head", heads=self.heads)
+    def split_heads(self, x: Tensor, heads: int | None = None) -> Tensor:
+        return rearrange(x, "batch seq (heads d_head) -> batch heads seq d_head", heads=heads or self.heads)
 
     def forward(
         self,
@@ -283,19 +311,25 @@ class MultiHeadAttention(nn.Module):
                 f"context has shape {tuple(context.shape)}; expected (batch={x.shape[0]}, seq, d_model={self.d_model})"
             )
         q = self.split_heads(self.to_q(x))
+        if self.q_norm is not None:
+            q = self.q_norm(q)
         if context is not None and cache is not None and len(cache) > 0:
             # Cross-attention keys and values depend only on the encoder output: project it once.
             k, v = cache.stored()
         else:
             source = x if context is None else context
-            k = self.split_heads(self.to_k(source))
-            v = self.split_heads(self.to_v(source))
+            k = self.split_heads(self.to_k(source), self.kv_heads)
+            v = self.split_heads(self.to_v(source), self.kv_heads)
+            if self.k_norm is not None:
+                k = self.k_norm(k)
             if rotary is not None:
                 k = rotary(k, positions)
             if cache is not None:
                 k, v = cache.append(k, v)
         if rotary is not None:
             q = rotary(q, positions)
+        # The cache keeps kv_heads heads; each is repeated for its group of query heads only here.
+        k, v = repeat_kv(k, self.heads // self.kv_heads), repeat_kv(v, self.heads // self.kv_heads)
         if padding is not None:
             pad = padding_to_mask(padding, x.shape[0], k.shape[2])
             mask = pad if mask is None else _check_and(mask, pad, q, k)

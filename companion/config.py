@@ -7,11 +7,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields, replace
 
-from .layers import ACTIVATIONS, NORMS
+from .layers import ACTIVATIONS, GATED, NORM_TYPES, NORMS
 
 KINDS = ("decoder", "encoder", "encoder-decoder")
 POSITIONALS = ("sinusoidal", "learned", "rope", "none")
 TASK_HEADS = ("none", "mlm", "classify")
+
+
+def swiglu_width(d_model: int, multiple_of: int = 64) -> int:
+    """SwiGLU's hidden width as Llama's code sets it: 2/3 of 4 d_model (so its three matrices hold about
+    as many weights as a 4 d_model MLP's two), rounded up to a multiple of `multiple_of`.
+
+    Llama uses multiple_of=256 (d_model=4096 gives 11008); the course's small models use 64, which
+    keeps them near 8/3 d_model (d_model=128 gives 384, where 256 would give 512 = 4 d_model).
+    """
+    hidden = int(2 * 4 * d_model / 3)
+    return multiple_of * math.ceil(hidden / multiple_of)
 
 
 @dataclass(frozen=True)
@@ -19,7 +30,13 @@ class TransformerConfig:
     """Every size and choice of a model; `build_model(config)` turns it into an `nn.Module`.
 
     kind: "decoder" (GPT-style LM), "encoder" (BERT-style) or "encoder-decoder" (Vaswani et al. 2017).
-    d_ff defaults to 4 * d_model, the ratio of the original paper.
+    d_ff defaults to 4 * d_model, the ratio of the original paper; with activation="swiglu" it defaults
+    to `swiglu_width(d_model)`, 8/3 d_model rounded up to a multiple of 64 (Llama's rule).
+    norm is where each block's norm sits ("pre", "post", "none"); norm_type is which norm it is,
+    "layer" (LayerNorm) or "rms" (RMSNorm), for every block norm and the final norm. layer_norm_eps is
+    the eps of either kind. activation "swiglu" is the gated feed-forward block of Llama (`SwiGLU`).
+    kv_heads: key/value heads (None: one per query head); fewer is grouped-query attention, 1 is
+    multi-query attention. qk_norm: RMSNorm on each query and key head. bias: biases in every linear.
     """
 
     kind: str = "decoder"
@@ -31,6 +48,7 @@ class TransformerConfig:
     decoder_layers: int | None = None  # encoder-decoder only; defaults to `layers`
     d_ff: int | None = None
     norm: str = "pre"
+    norm_type: str = "layer"
     positional: str = "learned"
     activation: str = "gelu"
     dropout: float = 0.0
@@ -46,6 +64,8 @@ class TransformerConfig:
     layer_norm_eps: float = 1e-5
     rope_base: float = 10000.0
     pad_id: int | None = None
+    kv_heads: int | None = None  # grouped-query attention; None: as many as heads
+    qk_norm: bool = False
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -65,13 +85,14 @@ class TransformerConfig:
 
         choice("kind", KINDS)
         choice("norm", NORMS, "; 'pre' is x + F(LN(x)), 'post' is LN(x + F(x))")
+        choice("norm_type", NORM_TYPES, "; 'layer' is LayerNorm, 'rms' is RMSNorm (scale only, as in Llama)")
         choice("positional", POSITIONALS)
-        choice("activation", ACTIVATIONS)
+        choice("activation", tuple(ACTIVATIONS) + GATED)
         choice("task_head", TASK_HEADS)
         for name in ("vocab_size", "context_length", "d_model", "heads", "layers", "num_labels"):
             value = getattr(self, name)
             need(whole(value) and value > 0, f"{name}={value!r} must be a positive whole number")
-        for name in ("d_ff", "decoder_layers"):
+        for name in ("d_ff", "decoder_layers", "kv_heads"):
             value = getattr(self, name)
             need(value is None or (whole(value) and value > 0), f"{name}={value!r} must be a positive whole number or None")
         need(whole(self.segment_vocab_size) and self.segment_vocab_size >= 0,
@@ -83,7 +104,11 @@ class TransformerConfig:
         for name in ("dropout", "attention_dropout"):
             value = getattr(self, name)
             need(number(value) and 0.0 <= value < 1.0, f"{name}={value!r} must be a number in [0, 1)")
-        for name in ("bias", "tie_embeddings", "scale_embeddings", "embedding_norm", "pooler"):
+        if self.kv_heads is not None:
+            need(self.heads % self.kv_heads == 0,
+                 f"kv_heads={self.kv_heads} does not divide heads={self.heads}; each key/value head must serve "
+                 "the same number of query heads (heads / kv_heads)")
+        for name in ("bias", "tie_embeddings", "scale_embeddings", "embedding_norm", "pooler", "qk_norm"):
             value = getattr(self, name)
             need(isinstance(value, bool), f"{name}={value!r} must be True or False")
         need(number(self.layer_norm_eps) and self.layer_norm_eps > 0,
@@ -97,6 +122,9 @@ class TransformerConfig:
             need(self.d_head % 2 == 0, f"d_head={self.d_head} must be even: rotary positions rotate pairs of features")
         if self.task_head != "none":
             need(self.kind == "encoder", f"task_head={self.task_head!r} needs kind='encoder', got kind={self.kind!r}")
+        if self.activation in GATED and self.task_head == "mlm":
+            need(False, f"activation={self.activation!r} cannot go with task_head='mlm': BERT's MLM transform "
+                        "needs a plain activation such as 'gelu'")
         if self.pooler:
             need(self.kind == "encoder", f"pooler=True needs kind='encoder' (BERT's pooler), got kind={self.kind!r}")
         if self.pad_id is not None:
@@ -109,8 +137,16 @@ class TransformerConfig:
 
     @property
     def ff_width(self) -> int:
-        """The feed-forward hidden width, d_ff, with the default 4 * d_model filled in."""
-        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+        """The feed-forward hidden width, d_ff, with the default filled in: 4 * d_model, or for
+        activation="swiglu" `swiglu_width(d_model)`, about 8/3 d_model."""
+        if self.d_ff is not None:
+            return self.d_ff
+        return swiglu_width(self.d_model) if self.activation in GATED else 4 * self.d_model
+
+    @property
+    def n_kv_heads(self) -> int:
+        """Key/value heads per attention layer: kv_heads, or heads when it is None."""
+        return self.kv_heads if self.kv_heads is not None else self.heads
 
     @property
     def n_decoder_layers(self) -> int:
@@ -165,6 +201,14 @@ def _presets() -> dict[str, TransformerConfig]:
         "gpt2-small": TransformerConfig(
             kind="decoder", vocab_size=50257, context_length=1024, d_model=768, heads=12, layers=12,
             norm="pre", positional="learned", activation="gelu_tanh", tie_embeddings=True,
+        ),
+        # The tiny model with Llama's choices (Touvron et al. 2023): RMSNorm before each sub-layer and at
+        # the end, SwiGLU (d_ff 384), rotary positions, no biases, grouped-query attention with two
+        # key/value heads for four query heads, an untied output head.
+        "llama-tiny": TransformerConfig(
+            kind="decoder", vocab_size=256, context_length=256, d_model=128, heads=4, kv_heads=2, layers=4,
+            norm="pre", norm_type="rms", positional="rope", activation="swiglu", bias=False,
+            tie_embeddings=False, layer_norm_eps=1e-5,
         ),
     }
 

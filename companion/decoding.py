@@ -86,7 +86,8 @@ class CrossKVCache:
 
 def new_caches(config: TransformerConfig, batch: int, capacity: int, *,
                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> list[KVCache]:
-    """One empty self-attention cache per decoder layer, each holding `capacity` positions."""
+    """One empty self-attention cache per decoder layer, each holding `capacity` positions of the
+    config's kv_heads key/value heads (fewer than heads with grouped-query attention)."""
     if not isinstance(config, TransformerConfig):
         raise TypeError(f"new_caches takes the model's TransformerConfig (model.config), got {type(config).__name__}")
     if isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= config.context_length:
@@ -94,13 +95,16 @@ def new_caches(config: TransformerConfig, batch: int, capacity: int, *,
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch={batch!r} must be a positive whole number, the number of sequences decoded together")
     layers = config.n_decoder_layers if config.kind == "encoder-decoder" else config.layers
-    return [KVCache(batch, config.heads, capacity, config.d_head, device, dtype) for _ in range(layers)]
+    return [KVCache(batch, config.n_kv_heads, capacity, config.d_head, device, dtype) for _ in range(layers)]
 
 
 def kv_cache_bytes(config: TransformerConfig, positions: int, batch: int = 1, bytes_per_value: int = 4) -> int:
-    """2 (keys and values) * layers * heads * d_head * positions * bytes, for each sequence in the batch."""
+    """2 (keys and values) * layers * kv_heads * d_head * positions * bytes, for each sequence in the batch.
+
+    kv_heads is the number of key/value heads (config.n_kv_heads): heads, or fewer with grouped-query
+    attention, which divides the cache by heads / kv_heads."""
     layers = config.n_decoder_layers if config.kind == "encoder-decoder" else config.layers
-    return 2 * layers * config.heads * config.d_head * positions * bytes_per_value * batch
+    return 2 * layers * config.n_kv_heads * config.d_head * positions * bytes_per_value * batch
 
 
 def filter_top_k(logits: Tensor, k: int) -> Tensor:

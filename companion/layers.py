@@ -80,8 +80,18 @@ class GELUTanh(nn.GELU):
 
 
 # The one list of each choice; TransformerConfig validates against these names.
-NORMS = ("pre", "post", "none")  # where Residual puts the LayerNorm; "none" has no norm at all
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "gelu_tanh": GELUTanh}
+NORMS = ("pre", "post", "none")  # where Residual puts the norm; "none" has no norm at all
+NORM_TYPES = {"layer": LayerNorm, "rms": RMSNorm}  # which norm: LayerNorm (GPT-2, BERT) or RMSNorm (Llama)
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "gelu_tanh": GELUTanh, "silu": nn.SiLU}
+GATED = ("swiglu",)  # feed-forward blocks with a gate (SwiGLU), built by SwiGLU rather than FeedForward
+
+
+def make_norm(norm_type: str, d_model: int, eps: float = 1e-5) -> nn.Module:
+    """A LayerNorm (norm_type="layer") or an RMSNorm (norm_type="rms") over d_model features."""
+    if norm_type not in NORM_TYPES:
+        raise ValueError(f"norm_type={norm_type!r} is not one of {tuple(NORM_TYPES)}: "
+                         "'layer' is LayerNorm (centre and scale), 'rms' is RMSNorm (scale only)")
+    return NORM_TYPES[norm_type](d_model, eps)
 
 
 class FeedForward(nn.Module):
@@ -104,6 +114,29 @@ class FeedForward(nn.Module):
         return self.down(self.dropout(self.act(self.up(x))))
 
 
+class SwiGLU(nn.Module):
+    """The gated feed-forward block of Llama (Shazeer 2020): w2(SiLU(w1 x) * w3 x), no biases by default.
+
+    w1 (d_model -> d_ff) makes the gate, w3 (d_model -> d_ff) the value it lets through, w2 (d_ff ->
+    d_model) projects back. Three matrices instead of two, so configs shrink d_ff to about 8/3 d_model
+    to keep the parameter count of a 4 d_model MLP (see `TransformerConfig.ff_width`).
+    """
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0, bias: bool = False):
+        super().__init__()
+        _check_positive(d_model=d_model, d_ff=d_ff)
+        _check_probability("dropout", dropout)
+        self.d_model = d_model
+        self.w1 = nn.Linear(d_model, d_ff, bias=bias)
+        self.w3 = nn.Linear(d_model, d_ff, bias=bias)
+        self.w2 = nn.Linear(d_ff, d_model, bias=bias)
+        self.dropout = Dropout(dropout)  # inside the block, after the gate, as FeedForward has it
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_width(x, self.d_model, "SwiGLU")
+        return self.w2(self.dropout(nn.functional.silu(self.w1(x)) * self.w3(x)))
+
+
 class Residual(nn.Module):
     """Wrap a sub-layer F with a residual connection and a norm.
 
@@ -112,18 +145,19 @@ class Residual(nn.Module):
     norm="none": x + dropout(F(x))       (no norm at all, for comparison)
     skip=False drops the "x +" and leaves the norm where it was, so chapter 4 can measure what the
     skip connection does: F(LN(x)) for pre, LN(F(x)) for post.
+    norm_type="rms" puts an RMSNorm where LN stands (Llama); "layer", the default, is LayerNorm.
     """
 
     def __init__(
         self, sublayer: nn.Module, d_model: int, norm: str = "pre", dropout: float = 0.0, eps: float = 1e-5,
-        *, skip: bool = True,
+        *, skip: bool = True, norm_type: str = "layer",
     ):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm={norm!r} is not one of {NORMS}: 'pre' is x + F(LN(x)), 'post' is LN(x + F(x))")
         _check_probability("dropout", dropout)
         self.sublayer = sublayer
-        self.norm = LayerNorm(d_model, eps) if norm != "none" else nn.Identity()
+        self.norm = make_norm(norm_type, d_model, eps) if norm != "none" else nn.Identity()
         self.placement = norm
         self.skip = skip
         self.dropout = Dropout(dropout)

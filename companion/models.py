@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .attention import Dropout, KVCacheLayer, MultiHeadAttention, no_dropout, padding_mask
 from .config import TransformerConfig
-from .layers import ACTIVATIONS, FeedForward, LayerNorm, Residual
+from .layers import ACTIVATIONS, GATED, FeedForward, LayerNorm, Residual, SwiGLU, make_norm
 from .positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions
 
 
@@ -102,11 +102,19 @@ class Embeddings(nn.Module):
 
 
 def _attention(config: TransformerConfig) -> MultiHeadAttention:
-    return MultiHeadAttention(config.d_model, config.heads, bias=config.bias, dropout=config.attention_dropout)
+    return MultiHeadAttention(config.d_model, config.heads, bias=config.bias, dropout=config.attention_dropout,
+                              kv_heads=config.n_kv_heads, qk_norm=config.qk_norm, eps=config.layer_norm_eps)
+
+
+def _feed_forward(config: TransformerConfig) -> nn.Module:
+    if config.activation in GATED:
+        return SwiGLU(config.d_model, config.ff_width, config.dropout, config.bias)
+    return FeedForward(config.d_model, config.ff_width, config.activation, config.dropout, config.bias)
 
 
 def _residual(sublayer: nn.Module, config: TransformerConfig) -> Residual:
-    return Residual(sublayer, config.d_model, config.norm, config.dropout, config.layer_norm_eps)
+    return Residual(sublayer, config.d_model, config.norm, config.dropout, config.layer_norm_eps,
+                    norm_type=config.norm_type)
 
 
 class EncoderBlock(nn.Module):
@@ -115,9 +123,7 @@ class EncoderBlock(nn.Module):
     def __init__(self, config: TransformerConfig):
         super().__init__()
         self.attention = _residual(_attention(config), config)
-        self.feed_forward = _residual(
-            FeedForward(config.d_model, config.ff_width, config.activation, config.dropout, config.bias), config
-        )
+        self.feed_forward = _residual(_feed_forward(config), config)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, rotary=None, positions: Tensor | None = None,
                 padding: Tensor | None = None) -> Tensor:
@@ -132,9 +138,7 @@ class DecoderBlock(nn.Module):
         super().__init__()
         self.attention = _residual(_attention(config), config)
         self.cross_attention = _residual(_attention(config), config) if cross else None
-        self.feed_forward = _residual(
-            FeedForward(config.d_model, config.ff_width, config.activation, config.dropout, config.bias), config
-        )
+        self.feed_forward = _residual(_feed_forward(config), config)
 
     def forward(
         self,
@@ -159,12 +163,13 @@ class DecoderBlock(nn.Module):
 
 
 class Stack(nn.Module):
-    """A list of blocks and, for pre-norm, the final LayerNorm that pre-norm needs."""
+    """A list of blocks and, for pre-norm, the final norm that pre-norm needs (LayerNorm or RMSNorm)."""
 
     def __init__(self, blocks: Sequence[nn.Module], config: TransformerConfig):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
-        self.final_norm = LayerNorm(config.d_model, config.layer_norm_eps) if config.norm == "pre" else nn.Identity()
+        self.final_norm = (make_norm(config.norm_type, config.d_model, config.layer_norm_eps) if config.norm == "pre"
+                           else nn.Identity())
 
 
 def _rotary(config: TransformerConfig) -> RotaryEmbedding | None:

@@ -1,5 +1,6 @@
-"""Checkpoints in Hugging Face layout loaded into the companion: GPT-2 as a `DecoderLM`, BERT as an
-`EncoderLM`, and their tokenizers through `tokenizers`. Chapter 5 shows them equal to `transformers`.
+"""Checkpoints in Hugging Face layout loaded into the companion: GPT-2 and Llama as a `DecoderLM`, BERT
+as an `EncoderLM`, and their tokenizers through `tokenizers`. Chapter 5 shows GPT-2 and BERT equal to
+`transformers`, chapter 8 (modern decoders) Llama.
 """
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
-from .config import TransformerConfig
-from .models import build_model
+from .config import TransformerConfig, swiglu_width
+from .models import _rotary, build_model
 
 # What `download=True` fetches: config, tokenizer and safetensors weights, not the TF/Flax/ONNX copies.
 HUB_PATTERNS = ["*.json", "*.safetensors"]
@@ -131,6 +133,29 @@ def bert_config(hf: dict, weights: dict[str, Tensor]) -> TransformerConfig:
     )
 
 
+def llama_config(hf: dict, weights: dict[str, Tensor]) -> TransformerConfig:
+    """Llama (Touvron et al. 2023) and the many models in its layout: pre-RMSNorm decoder, SwiGLU, rotary
+    positions, grouped-query attention, no biases, an untied head unless tie_word_embeddings."""
+    _refuse(hf, hidden_act="silu", attention_bias=False, mlp_bias=False, pretraining_tp=1)
+    d_model, heads = hf["hidden_size"], hf["num_attention_heads"]
+    if hf.get("head_dim") not in (None, d_model // heads):
+        raise ValueError(f"config.json has head_dim={hf['head_dim']!r}; the companion needs head_dim = "
+                         f"hidden_size / num_attention_heads = {d_model // heads}")
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise ValueError(f"config.json has rope type {rope.get('rope_type', rope.get('type'))!r}; the companion "
+                         "has only the default rotary embedding (no scaling)")
+    return TransformerConfig(
+        kind="decoder", vocab_size=hf["vocab_size"], context_length=hf["max_position_embeddings"],
+        d_model=d_model, heads=heads, kv_heads=hf.get("num_key_value_heads") or heads,
+        layers=hf["num_hidden_layers"], norm="pre", norm_type="rms",
+        d_ff=None if hf["intermediate_size"] == swiglu_width(d_model) else hf["intermediate_size"],
+        positional="rope", activation="swiglu", attention_dropout=hf.get("attention_dropout", 0.0), bias=False,
+        tie_embeddings=hf.get("tie_word_embeddings", False), layer_norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_base=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+    )
+
+
 # ---------------------------------------------------------------- the name tables
 
 Convert = Callable[[Tensor], Tensor]
@@ -154,6 +179,19 @@ def qkv(part: int) -> Convert:
 
     take.__name__ = f"{'qkv'[part]}_third_of_c_attn"
     return take
+
+
+def halves_to_pairs(d_head: int) -> Convert:
+    """Hugging Face's Llama rotates feature i of each head with feature i + d_head/2 (it "rotates
+    halves"); the companion's RoPE rotates adjacent pairs (2i, 2i+1). Reordering the rows of the query
+    and key projections, the same way in every head, turns one convention into the other: q . k is
+    unchanged by a permutation applied to both, and the values are not touched."""
+
+    def reorder(t: Tensor) -> Tensor:
+        return rearrange(t, "(heads two half) d_model -> (heads half two) d_model", two=2, half=d_head // 2)
+
+    reorder.__name__ = "rotate_halves_to_pairs"
+    return reorder
 
 
 # (companion name, Hugging Face name, conversion). {i} runs over the layers, {p} over weight and bias.
@@ -192,6 +230,25 @@ BERT_TABLE = [
     ("mlm_head.proj.weight", "cls.predictions.decoder.weight", same),  # only when the head is not tied
 ]
 
+
+def llama_table(config: TransformerConfig) -> list:
+    pairs = halves_to_pairs(config.d_head)
+    return [
+        ("embed.tokens.weight", "embed_tokens.weight", same),
+        ("decoder.blocks.{i}.attention.norm.weight", "layers.{i}.input_layernorm.weight", same),
+        ("decoder.blocks.{i}.attention.sublayer.to_q.weight", "layers.{i}.self_attn.q_proj.weight", pairs),
+        ("decoder.blocks.{i}.attention.sublayer.to_k.weight", "layers.{i}.self_attn.k_proj.weight", pairs),
+        ("decoder.blocks.{i}.attention.sublayer.to_v.weight", "layers.{i}.self_attn.v_proj.weight", same),
+        ("decoder.blocks.{i}.attention.sublayer.to_out.weight", "layers.{i}.self_attn.o_proj.weight", same),
+        ("decoder.blocks.{i}.feed_forward.norm.weight", "layers.{i}.post_attention_layernorm.weight", same),
+        ("decoder.blocks.{i}.feed_forward.sublayer.w1.weight", "layers.{i}.mlp.gate_proj.weight", same),
+        ("decoder.blocks.{i}.feed_forward.sublayer.w3.weight", "layers.{i}.mlp.up_proj.weight", same),
+        ("decoder.blocks.{i}.feed_forward.sublayer.w2.weight", "layers.{i}.mlp.down_proj.weight", same),
+        ("decoder.final_norm.weight", "norm.weight", same),
+        ("head.proj.weight", "lm_head.weight", same),  # only when the head is not tied
+    ]
+
+
 # Tensors a checkpoint may hold that the companion has no place for, on purpose.
 GPT2_UNUSED = {
     "h.{i}.attn.bias": "the causal mask, stored as a buffer by older checkpoints",
@@ -202,15 +259,22 @@ BERT_UNUSED = {
     "cls.seq_relationship.{p}": "the next-sentence head of pre-training; the companion has none",
 }
 
+LLAMA_UNUSED = {
+    "layers.{i}.self_attn.rotary_emb.inv_freq": "the rotary frequencies, stored as a buffer by older checkpoints",
+}
+
 # Tied copies: kept in some checkpoints, they must equal the tensor the companion shares.
 GPT2_TIED = {"lm_head.weight": "wte.weight"}
 BERT_TIED = {"cls.predictions.decoder.weight": "embeddings.word_embeddings.weight",
              "cls.predictions.decoder.bias": "cls.predictions.bias"}
+LLAMA_TIED = {"lm_head.weight": "embed_tokens.weight"}
 
-# model_type -> (prefix some checkpoints put before every name, config reader, table, unused, tied)
+# model_type -> (prefix some checkpoints put before every name, config reader, table (or a function
+# config -> table), unused, tied)
 FAMILIES = {
     "gpt2": ("transformer.", gpt2_config, GPT2_TABLE, GPT2_UNUSED, GPT2_TIED),
     "bert": ("bert.", bert_config, BERT_TABLE, BERT_UNUSED, BERT_TIED),
+    "llama": ("model.", llama_config, llama_table, LLAMA_UNUSED, LLAMA_TIED),
 }
 
 
@@ -234,6 +298,7 @@ def map_weights(weights: dict[str, Tensor], model: nn.Module, model_type: str,
     and a tied copy that differs from the tensor it should equal.
     """
     _, _, table, unused, tied = FAMILIES[model_type]
+    table = table(model.config) if callable(table) else table
     layers = model.config.layers
     expected = model.state_dict()
     state: dict[str, Tensor] = {}
@@ -275,11 +340,12 @@ def map_weights(weights: dict[str, Tensor], model: nn.Module, model_type: str,
 
 def load_pretrained(source: str | Path, *, download: bool = False, cache_dir: str | Path | None = None,
                     dtype: torch.dtype = torch.float32) -> nn.Module:
-    """A GPT-2 (`DecoderLM`) or BERT (`EncoderLM`, with its pooler and MLM head) checkpoint as a companion
-    model, in eval mode, its config read from config.json.
+    """A GPT-2 or Llama (`DecoderLM`) or BERT (`EncoderLM`, with its pooler and MLM head) checkpoint as a
+    companion model, in eval mode, its config read from config.json.
 
     source: a directory in Hugging Face layout (config.json plus model.safetensors or pytorch_model.bin),
-    or a hub name such as "gpt2", "gpt2-medium" or "bert-base-uncased" found in the local cache;
+    or a hub name such as "gpt2", "gpt2-medium", "bert-base-uncased" or a Llama-layout model
+    (`LlamaForCausalLM`, model_type "llama") found in the local cache;
     download=True fetches a missing one from the hub.
     """
     directory = resolve(source, download=download, cache_dir=cache_dir)
@@ -293,6 +359,9 @@ def load_pretrained(source: str | Path, *, download: bool = False, cache_dir: st
     with torch.device("meta"):  # shapes only: the weights arrive next, so skip the random initialisation
         model = build_model(config)
     model.load_state_dict(map_weights(weights, model, model_type, dtype), strict=True, assign=True)
+    if getattr(model, "rotary", None) is not None:
+        # Its cos/sin tables are computed, not stored: build them for real, outside the meta device.
+        model.rotary = _rotary(config)
     return model.eval()
 
 

@@ -1,5 +1,5 @@
-"""companion.pretrained: GPT-2 and BERT checkpoints give the logits and tokens `transformers` gives (fp32,
-within 1e-4), at a small size and at the real gpt2-small and bert-base sizes; clear errors otherwise.
+"""companion.pretrained: GPT-2, BERT and Llama checkpoints give the logits and tokens `transformers` gives
+(fp32, within 1e-4), at a small size and at the real gpt2-small and bert-base sizes; clear errors otherwise.
 
 Offline: every model is random-init, built here and saved with `save_pretrained` into tmp_path.
 """
@@ -152,6 +152,107 @@ def test_bert_without_heads_loads_as_a_bare_encoder(tmp_path):
     ids = _ids(97, (2, 9), low=1)
     with torch.no_grad():
         assert (model(ids) - reference(ids).last_hidden_state).abs().max().item() < TOLERANCE
+
+
+# ---------------------------------------------------------------- Llama
+
+LLAMA_SIZES = {
+    # grouped-query attention (2 kv heads for 4), Llama 3's rope theta, an untied head
+    "gqa": dict(vocab_size=97, hidden_size=48, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=32, rope_theta=500000.0, rms_norm_eps=1e-5),
+    # multi-query attention, a tied head, Llama 1's eps
+    "mqa-tied": dict(vocab_size=97, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=1, max_position_embeddings=32, rms_norm_eps=1e-6, tie_word_embeddings=True),
+}
+
+
+def _llama(sizes: dict, seed: int = 0):
+    """A random-init LlamaForCausalLM; initializer_range 0.2 (not 0.02) so the logits are large enough
+    (about +-5) that a mistake in the loader shows far above the tolerance."""
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(**sizes, initializer_range=0.2, bos_token_id=None, eos_token_id=None)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module", params=sorted(LLAMA_SIZES))
+def llama(request, tmp_path_factory):
+    reference = _llama(LLAMA_SIZES[request.param])
+    return reference, _save(reference, tmp_path_factory.mktemp("llama"))
+
+
+def test_llama_logits_match_transformers(llama):
+    reference, directory = llama
+    model = load_pretrained(directory)
+    config = model.config
+    assert isinstance(model, DecoderLM)
+    assert (config.norm_type, config.activation, config.positional, config.bias) == ("rms", "swiglu", "rope", False)
+    assert config.n_kv_heads == reference.config.num_key_value_heads
+    assert config.layer_norm_eps == reference.config.rms_norm_eps
+    assert config.tie_embeddings == reference.config.tie_word_embeddings
+    ids = _ids(reference.config.vocab_size, (2, 20))
+    with torch.no_grad():
+        expected = reference(ids).logits
+        difference = (model(ids) - expected).abs().max().item()
+    assert expected.abs().max() > 1.0  # logits large enough for the tolerance to mean something
+    assert difference < TOLERANCE
+
+
+def test_llama_greedy_tokens_match_transformers_with_and_without_cache(llama):
+    reference, directory = llama
+    model = load_pretrained(directory)
+    prompt = _ids(reference.config.vocab_size, (1, 5), seed=1)
+    with torch.no_grad():
+        expected = reference.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=0)
+    assert expected.shape == (1, 25)
+    assert torch.equal(generate(model, prompt, 20, use_cache=True), expected)
+    assert torch.equal(generate(model, prompt, 20, use_cache=False), expected)
+
+
+def test_llama_rope_theta_is_read(tmp_path):
+    model = load_pretrained(_save(_llama(LLAMA_SIZES["gqa"]), tmp_path))
+    assert model.config.rope_base == 500000.0
+    assert model.rotary.cos.device.type == "cpu"  # computed for real, not left on the meta device
+
+
+def test_llama_rotates_halves_so_the_loader_reorders_query_and_key_rows(llama, monkeypatch):
+    """Without the reordering (Hugging Face rotates feature i with i + d_head/2, the companion pairs
+    2i with 2i+1) the logits are far off: the reordering is what makes them equal."""
+    import companion.pretrained as pretrained
+
+    reference, directory = llama
+    monkeypatch.setattr(pretrained, "halves_to_pairs", lambda d_head: pretrained.same)
+    model = load_pretrained(directory)
+    ids = _ids(reference.config.vocab_size, (2, 20))
+    with torch.no_grad():
+        assert (model(ids) - reference(ids).logits).abs().max().item() > 100 * TOLERANCE
+
+
+def test_llama_checkpoint_of_the_llama_tiny_shape_is_the_llama_tiny_preset(tmp_path):
+    tiny = presets["llama-tiny"]
+    sizes = dict(vocab_size=tiny.vocab_size, hidden_size=tiny.d_model, intermediate_size=tiny.ff_width,
+                 num_hidden_layers=tiny.layers, num_attention_heads=tiny.heads, num_key_value_heads=tiny.kv_heads,
+                 max_position_embeddings=tiny.context_length, rms_norm_eps=tiny.layer_norm_eps,
+                 rope_theta=tiny.rope_base, tie_word_embeddings=False)
+    reference = _llama(sizes)
+    model = load_pretrained(_save(reference, tmp_path))
+    assert model.config == tiny
+    assert sum(p.numel() for p in reference.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("hidden_act", "gelu", r"hidden_act='gelu'.*'silu'"),
+    ("attention_bias", True, r"attention_bias=True"),
+    ("head_dim", 16, r"head_dim=16.*12"),
+    ("rope_parameters", {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}, r"rope type 'yarn'"),
+])
+def test_unsupported_llama_config_is_refused_by_name(tmp_path, key, value, message):
+    import json
+
+    directory = _save(_llama(LLAMA_SIZES["gqa"]), tmp_path)
+    path = directory / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+    with pytest.raises(ValueError, match=message):
+        load_pretrained(directory)
 
 
 # ---------------------------------------------------------------- checkpoints as the hub stores them
@@ -321,7 +422,7 @@ def test_tied_copy_that_differs_is_refused(small_gpt2, tmp_path):
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("model_type", "llama", r"model_type='llama'.*\['bert', 'gpt2'\]"),
+    ("model_type", "t5", r"model_type='t5'.*\['bert', 'gpt2', 'llama'\]"),
     ("scale_attn_by_inverse_layer_idx", True, r"scale_attn_by_inverse_layer_idx=True"),
     ("activation_function", "swish", r"activation_function='swish'"),
 ])
@@ -417,7 +518,7 @@ def test_every_activation_builds_every_kind_of_model(activation):
                                    activation=activation, task_head="mlm" if kind == "encoder" else "none")
         model = build_model(config)
         assert sum(isinstance(m, ACTIVATIONS[activation]) for m in model.modules()) >= 1
-    with pytest.raises(ValueError, match=r"activation='swish' is not one of \('relu', 'gelu', 'gelu_tanh'\)"):
+    with pytest.raises(ValueError, match=r"activation='swish' is not one of \('relu', 'gelu', 'gelu_tanh', 'silu', 'swiglu'\)"):
         TransformerConfig(activation="swish")
 
 
