@@ -1,6 +1,7 @@
 """Training objectives (next-token, masked LM with 80/10/10, seq2seq, classification) and the one training
 loop every chapter uses: AdamW, warm-up + cosine, clipping, bf16 autocast on GPU, evaluation, a progress
-bar, checkpoints that resume exactly, and distributed data parallel under `torchrun`.
+bar, checkpoints that resume exactly, and distributed data parallel under `torchrun`. The loss is the
+module's own stable `cross_entropy` (through `log_softmax`), the clipping its own `clip_gradients`.
 
 Chapter 7 (training objectives) explains it.
 """
@@ -16,13 +17,101 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .device import autocast, check_device
 
 IGNORE_INDEX = -100  # cross-entropy skips targets with this value: unselected MLM positions, padding
+
+
+# ---------------------------------------------------------------- softmax, cross-entropy, clipping
+
+
+def softmax(x: Tensor, dim: int = -1) -> Tensor:
+    """exp(x) / sum(exp(x)) along dim, computed as exp(x - max) / sum(exp(x - max)).
+
+    Subtracting each row's largest value changes nothing mathematically (it cancels in the ratio) but
+    keeps every exp(.) in [0, 1]: logits of 1000 would overflow exp to inf, and inf / inf is NaN.
+    A row that is all -inf (every position masked) gives zeros instead of NaN.
+    """
+    exp = _shifted(x, dim).exp()
+    total = exp.sum(dim=dim, keepdim=True)
+    return exp / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
+    """log(softmax(x)) without ever forming the small probabilities: (x - max) - log(sum(exp(x - max)))."""
+    shifted = _shifted(x, dim)
+    return shifted - shifted.exp().sum(dim=dim, keepdim=True).log()
+
+
+def _shifted(x: Tensor, dim: int) -> Tensor:
+    """x minus its largest value along dim (0 where that is not finite: an all -inf row stays -inf)."""
+    if not isinstance(x, Tensor) or not x.dtype.is_floating_point:
+        raise TypeError(f"softmax takes a floating-point tensor, got {_described(x)}")
+    top = x.amax(dim=dim, keepdim=True)
+    return x - torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+
+
+def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """The mean over targets of -log softmax(logits)[target], skipping targets equal to ignore_index.
+
+    logits: (..., vocab), any floating dtype (computed in float32 or wider); targets: (...) integer ids.
+    Equal to `torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))`, and
+    stable for any finite logits because it goes through `log_softmax`. NaN when every target is ignored.
+    """
+    if not isinstance(logits, Tensor) or not logits.dtype.is_floating_point or logits.dim() < 1:
+        raise TypeError(f"cross_entropy: logits must be a floating-point tensor (..., vocab), got {_described(logits)}")
+    if not isinstance(targets, Tensor) or targets.dtype.is_floating_point or targets.dtype == torch.bool:
+        raise TypeError(f"cross_entropy: targets must be a tensor of integer ids, got {_described(targets)}")
+    if tuple(targets.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(f"cross_entropy: targets has shape {tuple(targets.shape)}, logits {tuple(logits.shape)}; "
+                         f"targets must be logits' shape without the last (vocab) axis, {tuple(logits.shape[:-1])}")
+    vocab = logits.shape[-1]
+    keep = targets != ignore_index
+    if targets.device.type == "cpu" and keep.any():  # on an accelerator this check would wait on the device
+        low, high = int(targets[keep].min()), int(targets[keep].max())
+        if low < 0 or high >= vocab:
+            raise ValueError(f"cross_entropy: targets hold ids in [{low}, {high}] but the logits cover [0, {vocab - 1}] "
+                             f"(and ignore_index={ignore_index} is skipped)")
+    log_probs = log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits)
+    picked = log_probs.gather(-1, torch.where(keep, targets, 0).long().unsqueeze(-1)).squeeze(-1)
+    return -(picked * keep).sum() / keep.sum()
+
+
+def _described(x) -> str:
+    return f"<{x.dtype} tensor of shape {tuple(x.shape)}>" if isinstance(x, Tensor) else type(x).__name__
+
+
+def gradient_norm(parameters: Iterable[Tensor]) -> Tensor:
+    """The 2-norm of all the gradients together, as if they were one long vector (parameters without a
+    gradient are skipped): sqrt of the sum of every gradient entry squared."""
+    grads = [p.grad.detach() for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    low = (torch.float16, torch.bfloat16)  # summed in float32: half-precision squares overflow and round
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float() if g.dtype in low else g)
+                                                 for g in grads]))
+
+
+def clip_gradients(parameters: Iterable[Tensor], max_norm: float) -> Tensor:
+    """Scale every gradient by the same factor so that their joint norm is at most max_norm; return the
+    norm before clipping. Equal to `torch.nn.utils.clip_grad_norm_(parameters, max_norm)`.
+
+    One factor for all of them keeps the update's direction; only its length is capped, so one bad batch
+    cannot throw the weights far. The 1e-6 keeps the division finite when the gradients are all zero.
+    """
+    if isinstance(parameters, Tensor):
+        parameters = [parameters]
+    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not (math.isfinite(max_norm) and max_norm > 0):
+        raise ValueError(f"max_norm={max_norm!r} must be a positive finite number, e.g. 1.0")
+    parameters = [p for p in parameters if p.grad is not None]
+    total = gradient_norm(parameters)
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for p in parameters:
+        p.grad.detach().mul_(scale.to(p.grad.device, p.grad.dtype))
+    return total
 
 
 # ---------------------------------------------------------------- objectives
@@ -38,9 +127,7 @@ def lr_at(step: int, *, max_lr: float, warmup_steps: int, total_steps: int, min_
 
 def next_token_loss(logits: Tensor, ids: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Cross-entropy of position t's logits against token t+1: the decoder-only objective."""
-    return F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), ignore_index=ignore_index
-    )
+    return cross_entropy(logits[:, :-1], ids[:, 1:], ignore_index=ignore_index)
 
 
 def mask_tokens(
@@ -79,7 +166,7 @@ def mask_tokens(
 
 def mlm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Cross-entropy at the selected positions only (labels != IGNORE_INDEX): the encoder-only objective."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+    return cross_entropy(logits, labels)
 
 
 def perplexity(mean_loss: float) -> float:
@@ -122,11 +209,11 @@ def mlm_objective(model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
 def seq2seq_objective(model: nn.Module, src: Tensor, tgt: Tensor) -> Tensor:
     """Teacher forcing: the decoder reads tgt[:, :-1] (starting with a start token) and predicts tgt[:, 1:]."""
     logits = model(src, tgt[:, :-1])
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+    return cross_entropy(logits, tgt[:, 1:])
 
 
 def classify_objective(model: nn.Module, ids: Tensor, labels: Tensor) -> Tensor:
-    return F.cross_entropy(model(ids), labels)
+    return cross_entropy(model(ids), labels)
 
 
 @torch.no_grad()
@@ -395,7 +482,7 @@ def _check_loss(loss, *, need_grad: bool = True) -> Tensor:
     if loss.numel() != 1:
         raise ValueError(
             f"loss_fn returned a tensor of shape {tuple(loss.shape)}; it must return a scalar (one number), "
-            "e.g. the mean over the batch (F.cross_entropy does this by default)"
+            "e.g. the mean over the batch (cross_entropy does this by default)"
         )
     if need_grad and not loss.requires_grad:
         raise ValueError(
@@ -415,12 +502,7 @@ def _nonfinite_parameter(model: nn.Module) -> str | None:
 
 def _gradient_norm(parameters: list[nn.Parameter], grad_clip: float | None) -> Tensor:
     """The total gradient norm; with grad_clip, the gradients are clipped to it as well."""
-    if grad_clip is not None:
-        return nn.utils.clip_grad_norm_(parameters, grad_clip)
-    grads = [p.grad.detach() for p in parameters if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    return gradient_norm(parameters) if grad_clip is None else clip_gradients(parameters, grad_clip)
 
 
 def _check_count(name: str, value) -> None:
