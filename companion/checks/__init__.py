@@ -8,3 +8,4 @@ from .layers import *  # noqa: F401,F403  chapter 4
 from .models import *  # noqa: F401,F403  chapter 5
 from .decoding import *  # noqa: F401,F403  chapter 6
 from .training import *  # noqa: F401,F403  chapter 7
+from .modern import *  # noqa: F401,F403  chapter 8

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 
 from companion.attention import causal_mask, scaled_dot_product_attention, sliding_window_mask
+from companion.bpe import merge
 from companion.data import recall_task
 from companion.decoding import filter_top_k, filter_top_p, new_caches
 from companion.models import greedy_decode
@@ -225,3 +226,56 @@ TENSOR_RESULTS = [
 # Checkers whose exercise returns a count.
 COUNT_RESULTS = ["check_mlp_parameter_count", "check_receptive_field", "check_layer_parameters"]
 
+
+
+# ---------------------------------------------------------------- chapter 8
+def swiglu(x, w1, w3, w2):
+    return (F.silu(x @ w1.T) * (x @ w3.T)) @ w2.T
+
+
+def rms_norm_block(x, attention, feed_forward, weight1, weight2, eps):
+    def rms(t, weight):
+        return t / torch.sqrt(t.pow(2).mean(dim=-1, keepdim=True) + eps) * weight
+    h = x + attention(rms(x, weight1))
+    return h + feed_forward(rms(h, weight2))
+
+
+def repeat_kv_heads(x, groups):
+    return x.repeat_interleave(groups, dim=1)
+
+
+def llama_layer_parameters(d_model, heads, kv_heads, d_ff):
+    d_head = d_model // heads
+    attention = d_model * d_model * 2 + 2 * d_model * kv_heads * d_head
+    return attention + 3 * d_model * d_ff + 2 * d_model
+
+
+def bpe_merge_step(pieces, freqs, new_id):
+    counts = {}
+    for ids, n in zip(pieces, freqs):
+        for pair in zip(ids, ids[1:]):
+            counts[pair] = counts.get(pair, 0) + n
+    pair = min(counts, key=lambda p: (-counts[p], p))
+    return pair, [merge(ids, pair, new_id) for ids in pieces]
+
+
+def bpe_encode(piece, merges):
+    ids = list(piece.encode("utf-8"))
+    while len(ids) >= 2:
+        pair = min(zip(ids, ids[1:]), key=lambda p: merges.get(p, math.inf))
+        if pair not in merges:
+            break
+        ids = merge(ids, pair, merges[pair])
+    return ids
+
+
+ANSWERS.update({
+    "check_swiglu": swiglu,
+    "check_rms_norm_block": rms_norm_block,
+    "check_repeat_kv": repeat_kv_heads,
+    "check_llama_layer_parameters": llama_layer_parameters,
+    "check_bpe_merge_step": bpe_merge_step,
+    "check_bpe_encode": bpe_encode,
+})
+TENSOR_RESULTS += ["check_swiglu", "check_rms_norm_block", "check_repeat_kv"]
+COUNT_RESULTS += ["check_llama_layer_parameters"]
