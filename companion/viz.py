@@ -1,9 +1,10 @@
-"""Plots the chapters share: attention heatmaps, an interactive attention explorer, loss curves.
+"""Plots the chapters share: attention heatmaps, explorers that work without a kernel, loss curves.
 
 Chapter 2 (attention) introduces the heatmap and the explorer.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -110,3 +111,149 @@ def collect_attention(model: torch.nn.Module, *inputs, **kwargs) -> Tensor:
         for m in modules:
             m.record_weights = False
     return torch.stack([m.last_weights for m in modules])
+
+
+# ----- Explorers that work without a kernel ------------------------------------------------------
+# A page's explorer must react on the static website too, where no Python runs. So `explorer` draws
+# every state its controls can reach when the page is built, and the controls pick which drawing is
+# shown on the client side (ipywidgets' `jslink` to a `Stack`'s `selected_index`), the same in Jupyter
+# and on the saved page.
+
+MAX_EXPLORER_STATES = 64
+
+
+class Explorer:
+    """What `explorer` returns: the widget (displayed when it is a cell's last value) and its parts.
+
+    controls: name -> the control widget; values: name -> the values that control steps through;
+    select(**values) moves controls as a reader would; shown: the values whose drawing is visible.
+    """
+
+    def __init__(self, box, controls: dict, values: dict, stacks: list, links: list, states: int):
+        self.widget = box
+        self.links = links  # the client-side links, one per (control, stack it drives)
+        self.controls = controls
+        self.values = values
+        self._stacks = stacks  # one list per control: every Stack that control's index drives
+        self.states = states
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    def select(self, **values) -> None:
+        """Move the named controls to these values, e.g. `select(base=1000)`."""
+        for name, value in values.items():
+            if name not in self.controls:
+                raise ValueError(f"select() got control {name!r}; this explorer's controls are {tuple(self.controls)}")
+            if value not in self.values[name]:
+                raise ValueError(f"select({name}={value!r}): {name} takes one of {self.values[name]}")
+            self.controls[name].index = self.values[name].index(value)
+
+    @property
+    def shown(self) -> dict:
+        """The control values of the drawing that is visible now, read from the stacks themselves."""
+        shown, stack = {}, self.widget.children[-1]
+        for name in self.controls:
+            shown[name] = self.values[name][stack.selected_index]
+            stack = stack.children[stack.selected_index]
+        return shown
+
+
+def _figure_html(figure, alt: str, state: str, dpi: int) -> str:
+    import base64
+    import html
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(figure)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" '
+            f'data-explorer-state="{html.escape(state)}" style="max-width:100%">')
+
+
+def explorer(render, controls: dict, *, alt: str, start: dict | None = None, dpi: int = 72) -> Explorer:
+    """An explorer that reacts in Jupyter and on the static website alike.
+
+    render(**values) draws one state and returns its matplotlib Figure; controls maps each control's
+    name to the values it steps through, e.g. {"pair": [0, 4, 16], "base": [100, 10000]}; alt is the
+    text that describes each drawing, formatted with the values ("pair {pair}, base {base}").
+    Every combination is drawn once, now (at most 64 in all, so pages stay light); numbers get a
+    slider, anything else a row of buttons.
+    """
+    import itertools
+
+    import ipywidgets as widgets
+    from matplotlib.figure import Figure
+
+    if not callable(render):
+        raise TypeError(f"render must be a function of the control values returning a Figure, got {render!r}")
+    if not isinstance(controls, dict) or not controls:
+        raise ValueError(f"controls must be a non-empty dict of name -> list of values, got {controls!r}")
+    values = {}
+    for name, options in controls.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"control names must be Python identifiers (they are render's keywords), got {name!r}")
+        if isinstance(options, (str, bytes)) or not hasattr(options, "__len__") or len(options) == 0:
+            raise ValueError(f"controls[{name!r}] must be a non-empty list of values, got {options!r}")
+        options = list(options)
+        if len(set(map(repr, options))) != len(options):
+            raise ValueError(f"controls[{name!r}] repeats a value: {options!r}")
+        values[name] = options
+    states = math.prod(len(options) for options in values.values())
+    if states > MAX_EXPLORER_STATES:
+        sizes = " x ".join(str(len(v)) for v in values.values())
+        raise ValueError(f"controls reach {sizes} = {states} states; an explorer draws every one, so keep it "
+                         f"at most {MAX_EXPLORER_STATES} (fewer values per control)")
+    if not isinstance(alt, str) or not alt.strip():
+        raise ValueError(f"alt must be a non-empty text describing each drawing, got {alt!r}")
+    start = dict(start or {})
+    for name, value in start.items():
+        if name not in values or value not in values[name]:
+            raise ValueError(f"start={start!r}: {name!r} must be a control and its value one of its values")
+
+    names = list(values)
+    drawings = {}
+    for combination in itertools.product(*(range(len(values[n])) for n in names)):
+        chosen = {n: values[n][i] for n, i in zip(names, combination)}
+        figure = render(**chosen)
+        if not isinstance(figure, Figure):
+            plt.close("all")
+            raise TypeError(f"render({chosen}) returned {type(figure).__name__}; it must return a matplotlib Figure")
+        state = ", ".join(f"{n}={v}" for n, v in chosen.items())
+        drawings[combination] = widgets.HTML(_figure_html(figure, alt.format(**chosen), state, dpi))
+
+    first = [values[n].index(start[n]) if n in start else 0 for n in names]
+    stacks: list[list] = [[] for _ in names]
+
+    def nest(level: int, prefix: tuple):
+        if level == len(names):
+            return drawings[prefix]
+        stack = widgets.Stack([nest(level + 1, prefix + (i,)) for i in range(len(values[names[level]]))],
+                              selected_index=first[level])
+        stacks[level].append(stack)
+        return stack
+
+    top = nest(0, ())
+    widget_controls, links = {}, []
+    for level, name in enumerate(names):
+        options = [(str(v), i) for i, v in enumerate(values[name])]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values[name])
+        if numeric:
+            control = widgets.SelectionSlider(options=options, index=first[level], description=name,
+                                              continuous_update=True)
+        else:
+            control = widgets.ToggleButtons(options=options, index=first[level], description=name)
+        for stack in stacks[level]:
+            links.append(widgets.jslink((control, "index"), (stack, "selected_index")))  # links in the page
+
+        def follow(change, level=level):  # the same link in Python, so a kernel (and a test) sees it
+            for stack in stacks[level]:
+                stack.selected_index = change["new"]
+
+        control.observe(follow, names="index")
+        widget_controls[name] = control
+    box = widgets.VBox([widgets.HBox(list(widget_controls.values())), top])
+    return Explorer(box, widget_controls, values, stacks, links, states)
