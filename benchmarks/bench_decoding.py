@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         measured = sum(c.nbytes for c in caches)
         formula = kv_cache_bytes(config, positions, bytes_per_value=dtype.itemsize)
         print(f"KV cache for {positions} positions in {str(dtype).replace('torch.', '')}: formula 2*{config.layers}*"
-              f"{config.heads}*{config.d_head}*{positions}*{dtype.itemsize} = {formula / 2**20:.2f} MiB, "
+              f"{config.n_kv_heads}*{config.d_head}*{positions}*{dtype.itemsize} = {formula / 2**20:.2f} MiB, "
               f"tensors {measured / 2**20:.2f} MiB")
     return 0
 

@@ -1,7 +1,8 @@
 """Training objectives (next-token, masked LM with 80/10/10, seq2seq, classification) and the one training
 loop every chapter uses: AdamW, warm-up + cosine, clipping, bf16 autocast on GPU, evaluation, a progress
 bar, checkpoints that resume exactly, and distributed data parallel under `torchrun`. The loss is the
-module's own stable `cross_entropy` (through `log_softmax`), the clipping its own `clip_gradients`.
+module's own stable `cross_entropy` (a log-sum-exp minus the target's logit), the clipping its own
+`clip_gradients`.
 
 Chapter 7 (training objectives) explains it.
 """
@@ -57,9 +58,13 @@ def _shifted(x: Tensor, dim: int) -> Tensor:
 def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """The mean over targets of -log softmax(logits)[target], skipping targets equal to ignore_index.
 
-    logits: (..., vocab), any floating dtype (computed in float32 or wider); targets: (...) integer ids.
-    Equal to `torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))`, and
-    stable for any finite logits because it goes through `log_softmax`. NaN when every target is ignored.
+    logits: (..., vocab), any floating dtype (half precision is computed in float32); targets: (...)
+    integer ids. Equal to `torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))`.
+
+    -log softmax(z)[t] = log(sum_j exp(z_j)) - z_t, so the loss is a log-sum-exp minus the target's
+    logit, and the probabilities are never formed. `torch.logsumexp` subtracts the largest logit before
+    exp (as `softmax` here does), so any finite logits give a finite loss; and only one number per row
+    is kept for the backward pass, not a second (..., vocab) tensor. NaN when every target is ignored.
     """
     if not isinstance(logits, Tensor) or not logits.dtype.is_floating_point or logits.dim() < 1:
         raise TypeError(f"cross_entropy: logits must be a floating-point tensor (..., vocab), got {_described(logits)}")
@@ -75,9 +80,11 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = IGNORE_IN
         if low < 0 or high >= vocab:
             raise ValueError(f"cross_entropy: targets hold ids in [{low}, {high}] but the logits cover [0, {vocab - 1}] "
                              f"(and ignore_index={ignore_index} is skipped)")
-    log_probs = log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits)
-    picked = log_probs.gather(-1, torch.where(keep, targets, 0).long().unsqueeze(-1)).squeeze(-1)
-    return -(picked * keep).sum() / keep.sum()
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    target_logit = logits.gather(-1, torch.where(keep, targets, 0).long().unsqueeze(-1)).squeeze(-1)
+    per_token = torch.logsumexp(logits, dim=-1) - target_logit
+    return (per_token * keep).sum() / keep.sum()
 
 
 def _described(x) -> str:
