@@ -106,7 +106,13 @@ def _attention(config: TransformerConfig) -> MultiHeadAttention:
 
 
 def _residual(sublayer: nn.Module, config: TransformerConfig) -> Residual:
+    # Residual dropout: on each sub-layer's output, before the add (and, post-LN, the norm), P = config.dropout.
     return Residual(sublayer, config.d_model, config.norm, config.dropout, config.layer_norm_eps)
+
+
+def _feed_forward(config: TransformerConfig) -> FeedForward:
+    # No dropout inside the block (none in the paper, BERT or GPT-2): its output is dropped by _residual.
+    return FeedForward(config.d_model, config.ff_width, config.activation, dropout=0.0, bias=config.bias)
 
 
 class EncoderBlock(nn.Module):
@@ -115,9 +121,7 @@ class EncoderBlock(nn.Module):
     def __init__(self, config: TransformerConfig):
         super().__init__()
         self.attention = _residual(_attention(config), config)
-        self.feed_forward = _residual(
-            FeedForward(config.d_model, config.ff_width, config.activation, config.dropout, config.bias), config
-        )
+        self.feed_forward = _residual(_feed_forward(config), config)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, rotary=None, positions: Tensor | None = None,
                 padding: Tensor | None = None) -> Tensor:
@@ -132,9 +136,7 @@ class DecoderBlock(nn.Module):
         super().__init__()
         self.attention = _residual(_attention(config), config)
         self.cross_attention = _residual(_attention(config), config) if cross else None
-        self.feed_forward = _residual(
-            FeedForward(config.d_model, config.ff_width, config.activation, config.dropout, config.bias), config
-        )
+        self.feed_forward = _residual(_feed_forward(config), config)
 
     def forward(
         self,
