@@ -274,7 +274,7 @@ class MultiHeadAttention(nn.Module):
             self.q_norm, self.k_norm = RMSNorm(self.d_head, eps), RMSNorm(self.d_head, eps)
         else:
             self.q_norm = self.k_norm = None
-        self.dropout = dropout  # on the attention weights, as in the original paper's code
+        self.dropout = dropout  # on the attention weights (attention_dropout: BERT, GPT-2; 0 in the original paper)
         self.fused = fused
         self.record_weights = False  # when True, every forward keeps its weights in last_weights
         self.last_weights: Tensor | None = None

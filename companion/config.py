@@ -189,6 +189,8 @@ def _presets() -> dict[str, TransformerConfig]:
         ),
         # Vaswani et al. 2017, base model: shared ~37k BPE vocabulary between source and target,
         # tied input, output and pre-softmax weights, post-LN, ReLU, sinusoidal positions.
+        # Dropout P = 0.1 on each sub-layer's output before the add & norm and on the embedding
+        # sums, none on the attention weights (tensor2tensor's v1 base sets it to 0) or in the FFN.
         "original-base": TransformerConfig(
             kind="encoder-decoder", vocab_size=37000, context_length=512, d_model=512, heads=8, layers=6,
             d_ff=2048, norm="post", positional="sinusoidal", activation="relu", dropout=0.1,

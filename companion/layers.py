@@ -95,7 +95,12 @@ def make_norm(norm_type: str, d_model: int, eps: float = 1e-5) -> nn.Module:
 
 
 class FeedForward(nn.Module):
-    """Position-wise MLP: d_model -> d_ff -> d_model, the same weights at every position."""
+    """Position-wise MLP: d_model -> d_ff -> d_model, the same weights at every position.
+
+    `dropout` here drops hidden units after the activation (tensor2tensor's relu_dropout). The paper,
+    BERT and GPT-2 do not, and the companion's models build it with 0: their dropout sits on the
+    block's output, in `Residual`.
+    """
 
     def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", dropout: float = 0.0, bias: bool = True):
         super().__init__()
@@ -107,7 +112,7 @@ class FeedForward(nn.Module):
         self.up = nn.Linear(d_model, d_ff, bias=bias)
         self.act = ACTIVATIONS[activation]()
         self.down = nn.Linear(d_ff, d_model, bias=bias)
-        self.dropout = Dropout(dropout)  # inside the block, after the activation
+        self.dropout = Dropout(dropout)  # hidden dropout, after the activation; 0 in every companion model
 
     def forward(self, x: Tensor) -> Tensor:
         _check_width(x, self.d_model, "FeedForward")

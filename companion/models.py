@@ -107,12 +107,14 @@ def _attention(config: TransformerConfig) -> MultiHeadAttention:
 
 
 def _feed_forward(config: TransformerConfig) -> nn.Module:
+    # No dropout inside the block (none in the paper, BERT or GPT-2): its output is dropped by _residual.
     if config.activation in GATED:
-        return SwiGLU(config.d_model, config.ff_width, config.dropout, config.bias)
-    return FeedForward(config.d_model, config.ff_width, config.activation, config.dropout, config.bias)
+        return SwiGLU(config.d_model, config.ff_width, 0.0, config.bias)
+    return FeedForward(config.d_model, config.ff_width, config.activation, dropout=0.0, bias=config.bias)
 
 
 def _residual(sublayer: nn.Module, config: TransformerConfig) -> Residual:
+    # Residual dropout: on each sub-layer's output, before the add (and, post-LN, the norm), P = config.dropout.
     return Residual(sublayer, config.d_model, config.norm, config.dropout, config.layer_norm_eps,
                     norm_type=config.norm_type)
 

@@ -180,3 +180,55 @@ def test_decoder_encode_is_forward_without_the_head():
     torch.testing.assert_close(model.head(model.encode(ids)), model(ids))
     assert model.encode(ids).shape == (2, 9, 128)
 
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_dropout_acts_where_the_paper_puts_it(norm):
+    """Residual dropout on each sub-layer's output before the add (and norm), and on the embedding sum;
+    nothing inside the feed-forward block, nothing on the attention weights unless attention_dropout."""
+    torch.manual_seed(0)
+    config = presets["tiny"].replace(layers=1, norm=norm, dropout=0.5)
+    model = build_model(config).train()
+    block = model.decoder.blocks[0]
+    residual, ff = block.feed_forward, block.feed_forward.sublayer
+    x = torch.randn(2, 6, config.d_model)
+    # Inside the feed-forward block: the same output in training and in eval mode.
+    torch.testing.assert_close(ff(x), ff.eval()(x))
+    # On its output: the branch added to the stream is F's output with about half of it zeroed, the rest doubled.
+    branch = ff(residual.norm(x) if norm == "pre" else x)
+    if norm == "pre":  # x + dropout(F(LN(x))): what is added is 0 or 2 F(LN(x))
+        added = residual(x) - x
+        kept = added != 0
+        torch.testing.assert_close(added[kept], 2 * branch[kept])
+    else:  # LN(x + dropout(F(x))): the same mask, drawn again from the same seed, reproduces the output
+        torch.manual_seed(1)
+        out = residual(x)
+        torch.manual_seed(1)
+        mask = torch.nn.functional.dropout(torch.ones_like(branch), 0.5)
+        torch.testing.assert_close(out, residual.norm(x + branch * mask))
+        kept = mask != 0
+    assert 0.35 < kept.float().mean() < 0.65
+    # On the embedding sum: about half its entries are zero.
+    ids = torch.randint(0, config.vocab_size, (2, 6))
+    embedded = model.embed(ids, torch.arange(6))
+    assert 0.35 < (embedded == 0).float().mean() < 0.65
+    # Not on the attention weights: every row still sums to 1.
+    attention = block.attention.sublayer
+    attention(x, causal=True, keep_weights=True)
+    torch.testing.assert_close(attention.last_weights.sum(-1), torch.ones(1, config.heads, 6).expand(2, -1, -1))
+    # Every dropout module with p > 0 is one of these places.
+    dropping = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Dropout) and m.p > 0}
+    assert dropping == {"embed.dropout", "decoder.blocks.0.attention.dropout", "decoder.blocks.0.feed_forward.dropout"}
+
+
+def test_original_base_preset_drops_out_as_the_paper_does():
+    config = presets["original-base"]
+    assert (config.dropout, config.attention_dropout) == (0.1, 0.0)
+    with torch.device("meta"):
+        model = build_model(config)
+    rates = {name: m.p for name, m in model.named_modules() if isinstance(m, torch.nn.Dropout)}
+    assert all(p == 0.0 for name, p in rates.items() if name.endswith("sublayer.dropout"))  # none inside the FFN
+    dropped = {name for name, p in rates.items() if p == 0.1}
+    assert dropped == {"embed.dropout"} | {f"{stack}.blocks.{i}.{part}.dropout" for stack, n, parts in (
+        ("encoder", 6, ("attention", "feed_forward")), ("decoder", 6, ("attention", "cross_attention", "feed_forward")))
+        for i in range(n) for part in parts}
