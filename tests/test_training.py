@@ -321,3 +321,16 @@ def test_ddp_on_two_processes_matches_one_process_on_the_global_batch(tmp_path):
     for a, b in zip(single.parameters(), result["params"]):
         torch.testing.assert_close(a.detach(), b, atol=1e-5, rtol=1e-5)
 
+
+
+def test_checkpoint_written_before_schedule_and_eps_existed_still_resumes(tmp_path):
+    path = tmp_path / "run.pt"
+    _run(path, 10)
+    state = torch.load(path, weights_only=True)
+    del state["train_config"]["schedule"], state["train_config"]["eps"]  # as an older version wrote it
+    torch.save(state, path)
+    config = TrainConfig(steps=10, lr=1e-2, warmup_steps=2, progress=False)
+    assert load_checkpoint(path, build_model(TINY.replace(dropout=0.1)), config=config)[0] == 10
+    with pytest.raises(ValueError, match="schedule='cosine' there, 'inverse-sqrt' here"):
+        load_checkpoint(path, build_model(TINY.replace(dropout=0.1)),
+                        config=TrainConfig(steps=10, lr=1e-2, warmup_steps=2, schedule="inverse-sqrt"))
