@@ -124,17 +124,72 @@ def clip_gradients(parameters: Iterable[Tensor], max_norm: float) -> Tensor:
 # ---------------------------------------------------------------- objectives
 
 
-def lr_at(step: int, *, max_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:
-    """Linear warm-up from 0 to max_lr over warmup_steps, then cosine decay to min_lr at total_steps."""
+SCHEDULES = ("cosine", "inverse-sqrt")
+
+
+def lr_at(step: int, *, max_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0,
+          schedule: str = "cosine") -> float:
+    """The learning rate at step (counting from 0). Both schedules warm up linearly to max_lr over
+    warmup_steps. "cosine": then cosine decay to min_lr at total_steps. "inverse-sqrt" (the original
+    Transformer's): then decay as 1/sqrt(step), max_lr * sqrt(warmup_steps / (step + 1)), with no end.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r} is not one of {SCHEDULES}")
+    if schedule == "inverse-sqrt":
+        if warmup_steps < 1:
+            raise ValueError(f"warmup_steps={warmup_steps!r} must be >= 1 for the inverse-sqrt schedule, "
+                             "whose peak is set by the warm-up length")
+        n = step + 1  # the paper counts steps from 1
+        return max_lr * min(math.sqrt(warmup_steps / n), n / warmup_steps)
     if step < warmup_steps:
         return max_lr * (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_lr + 0.5 * (max_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def next_token_loss(logits: Tensor, ids: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """Cross-entropy of position t's logits against token t+1: the decoder-only objective."""
-    return cross_entropy(logits[:, :-1], ids[:, 1:], ignore_index=ignore_index)
+def inverse_sqrt_lr(step_num: int, *, d_model: int, warmup_steps: int) -> float:
+    """Vaswani et al. (2017), eq. 3: d_model^-0.5 * min(step_num^-0.5, step_num * warmup_steps^-1.5),
+    step_num counting from 1. It peaks at step_num = warmup_steps, at (d_model * warmup_steps)^-0.5;
+    lr_at(step_num - 1, schedule="inverse-sqrt", max_lr=that peak) is the same rate."""
+    for name, value in (("step_num", step_num), ("d_model", d_model), ("warmup_steps", warmup_steps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a whole number >= 1")
+    return d_model ** -0.5 * min(step_num ** -0.5, step_num * warmup_steps ** -1.5)
+
+
+def smoothed_cross_entropy(logits: Tensor, targets: Tensor, smoothing: float = 0.1,
+                           ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Cross-entropy against a label-smoothed target (Szegedy et al. 2016; Vaswani et al. 2017 use 0.1):
+    1 - smoothing on the true token plus smoothing spread evenly over all vocab tokens, so
+    loss = (1 - smoothing) * (-log p[target]) + smoothing * mean over tokens of (-log p).
+    logits (..., vocab), targets (...); positions whose target is ignore_index are skipped. The
+    same as F.cross_entropy(..., label_smoothing=smoothing), written out."""
+    if not _finite(smoothing) or not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing={smoothing!r} must be a number in [0, 1): the share of the target "
+                         "spread over the whole vocabulary")
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(f"logits have shape {tuple(logits.shape)} and targets {tuple(targets.shape)}; "
+                         "expected logits (..., vocab) and targets (...)")
+    log_p = logits.float().log_softmax(dim=-1).reshape(-1, logits.shape[-1])
+    targets = targets.reshape(-1)
+    keep = targets != ignore_index
+    if not keep.any():
+        raise ValueError(f"every target is ignore_index={ignore_index}: there is nothing to score")
+    log_p, targets = log_p[keep], targets[keep]
+    true = -log_p.gather(1, targets[:, None]).squeeze(1)
+    spread = -log_p.mean(dim=-1)
+    return ((1.0 - smoothing) * true + smoothing * spread).mean()
+
+
+def next_token_loss(logits: Tensor, ids: Tensor, ignore_index: int = IGNORE_INDEX,
+                    label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy of position t's logits against token t+1: the decoder-only objective.
+    label_smoothing: see smoothed_cross_entropy (0: plain cross-entropy)."""
+    if not _finite(label_smoothing) or not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing={label_smoothing!r} must be a number in [0, 1)")
+    if label_smoothing == 0.0:
+        return cross_entropy(logits[:, :-1], ids[:, 1:], ignore_index=ignore_index)
+    return smoothed_cross_entropy(logits[:, :-1], ids[:, 1:], label_smoothing, ignore_index)
 
 
 def mask_tokens(
@@ -253,6 +308,9 @@ class TrainConfig:
 
     max_loss_ratio: stop with FloatingPointError once a loss exceeds this multiple of the run's first loss
     (the run has diverged, even if the loss is still finite); None turns the check off.
+    schedule: "cosine" (warm-up, then cosine decay to min_lr) or "inverse-sqrt" (the original
+    Transformer's: warm-up, then lr * sqrt(warmup_steps / step); min_lr must stay 0). eps: Adam's
+    epsilon (the original used 1e-9 with betas (0.9, 0.98)).
     """
 
     steps: int = 200
@@ -265,6 +323,8 @@ class TrainConfig:
     progress: bool = True
     log_every: int = 1
     max_loss_ratio: float | None = 100.0
+    schedule: str = "cosine"
+    eps: float = 1e-8
 
     def __post_init__(self) -> None:
         self.validate()
@@ -292,6 +352,11 @@ class TrainConfig:
         need(whole(self.log_every) and self.log_every >= 1, "log_every", "a whole number >= 1")
         need(self.max_loss_ratio is None or (_finite(self.max_loss_ratio) and self.max_loss_ratio > 1), "max_loss_ratio",
              "a number > 1 or None (no divergence check)")
+        need(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
+        if self.schedule == "inverse-sqrt":
+            need(self.warmup_steps >= 1, "warmup_steps", "a whole number >= 1 with schedule='inverse-sqrt'")
+            need(self.min_lr == 0, "min_lr", "0 with schedule='inverse-sqrt', which has no floor")
+        need(_finite(self.eps) and self.eps > 0, "eps", "a positive finite number, Adam's epsilon such as 1e-8")
 
 
 def _finite(x) -> bool:
@@ -442,7 +507,8 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     if model_config is not None and state["model_config"] is not None:
         problems += _differences(state["model_config"], asdict(model_config))
     if config is not None:
-        problems += _differences(state["train_config"], _comparable(config))
+        saved = {"schedule": "cosine", "eps": 1e-8, **state["train_config"]}  # written before these existed
+        problems += _differences(saved, _comparable(config))
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     saved_shapes = {k: tuple(v.shape) for k, v in state["model"].items()}
     if not problems and shapes != saved_shapes:
@@ -574,7 +640,7 @@ def train(
     device = check_device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     optimizer = optimizer or torch.optim.AdamW(
-        model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        model.parameters(), lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay
     )
     if checkpoint is not None and not callable(batches):
         raise ValueError("checkpoints need batches as a function step -> batch, so a resumed run sees the same data")
@@ -601,7 +667,8 @@ def train(
     bar = tqdm(range(start, config.steps), disable=not config.progress or rank != 0, leave=False,
                initial=start, total=config.steps)
     for step in bar:
-        lr = lr_at(step, max_lr=config.lr, warmup_steps=config.warmup_steps, total_steps=config.steps, min_lr=config.min_lr)
+        lr = lr_at(step, max_lr=config.lr, warmup_steps=config.warmup_steps, total_steps=config.steps,
+                   min_lr=config.min_lr, schedule=config.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
         try:

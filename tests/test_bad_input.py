@@ -27,7 +27,8 @@ from companion.decoding import KVCache, filter_top_k, filter_top_p, new_caches, 
 from companion.device import seed_everything
 from companion.layers import FeedForward, LayerNorm, RMSNorm
 from companion.models import greedy_decode
-from companion.training import TrainConfig, evaluate_loss, load_checkpoint, next_token_objective, save_checkpoint, train
+from companion.training import (TrainConfig, evaluate_loss, load_checkpoint, next_token_objective, save_checkpoint,
+                                smoothed_cross_entropy, train)
 
 LIMIT_S = 60  # no test here may run longer: a loop that never ends fails instead of stalling the suite
 
@@ -473,6 +474,12 @@ CASES = [
     Case("training", "warmup_steps is fractional", lambda tmp: TrainConfig(warmup_steps=2.5), ValueError, ("TrainConfig.warmup_steps=2.5", "whole number")),
     Case("training", "betas of one number", lambda tmp: TrainConfig(betas=(0.9,)), ValueError, ("TrainConfig.betas=(0.9,)", "pair of numbers in [0, 1)")),
     Case("training", "beta2 is 1", lambda tmp: TrainConfig(betas=(0.9, 1.0)), ValueError, ("TrainConfig.betas=(0.9, 1.0)", "pair of numbers in [0, 1)")),
+    Case("training", "an unknown schedule", lambda tmp: TrainConfig(schedule="noam"), ValueError, ("TrainConfig.schedule='noam'", "'inverse-sqrt'")),
+    Case("training", "inverse-sqrt without warm-up", lambda tmp: TrainConfig(schedule="inverse-sqrt", warmup_steps=0), ValueError,
+         ("TrainConfig.warmup_steps=0", "schedule='inverse-sqrt'")),
+    Case("training", "Adam's eps is negative", lambda tmp: TrainConfig(eps=-1e-9), ValueError, ("TrainConfig.eps=-1e-09", "positive finite")),
+    Case("training", "label smoothing of 1", lambda tmp: smoothed_cross_entropy(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), 1.0),
+         ValueError, ("smoothing=1.0", "[0, 1)")),
     Case("training", "beta1 is NaN", lambda tmp: TrainConfig(betas=(math.nan, 0.9)), ValueError, ("TrainConfig.betas=(nan, 0.9)", "pair of numbers")),
     Case("training", "betas is a string", lambda tmp: TrainConfig(betas="0.9"), ValueError, ("TrainConfig.betas='0.9'", "pair of numbers")),
     Case("training", "weight_decay is negative", lambda tmp: TrainConfig(weight_decay=-0.1), ValueError, ("TrainConfig.weight_decay=-0.1", ">= 0")),

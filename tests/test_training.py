@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from companion import TransformerConfig, build_model
 from companion.data import (CharTokenizer, encode_corpus, in_context_task, random_windows, scrambled_task,
                             sequential_windows)
-from companion.training import (IGNORE_INDEX, SequenceClassifier, TrainConfig, evaluate_loss, load_checkpoint,
-                                lr_at, mask_tokens, mean_pool, next_token_loss, next_token_objective, perplexity,
-                                seq2seq_objective, train)
+from companion.training import (IGNORE_INDEX, SequenceClassifier, TrainConfig, evaluate_loss,
+                                inverse_sqrt_lr, load_checkpoint, lr_at, mask_tokens, mean_pool,
+                                next_token_loss, next_token_objective, perplexity, seq2seq_objective,
+                                smoothed_cross_entropy, train)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = TransformerConfig(kind="decoder", vocab_size=16, context_length=12, d_model=16, heads=2, layers=1)
@@ -32,6 +33,91 @@ def test_lr_warms_up_linearly_then_follows_cosine_to_min_lr():
     assert lr_at(12, **kw) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))
     assert lr_at(20, **kw) == pytest.approx(0.1) and lr_at(30, **kw) == pytest.approx(0.1)
 
+
+
+@pytest.mark.parametrize("d_model, warmup", [(512, 4000), (64, 60), (16, 1)])
+def test_inverse_sqrt_schedule_is_the_papers_formula(d_model, warmup):
+    peak = (d_model * warmup) ** -0.5
+    for step_num in [1, 2, warmup // 2 + 1, warmup, warmup + 1, 3 * warmup, 100_000]:
+        paper = d_model ** -0.5 * min(step_num ** -0.5, step_num * warmup ** -1.5)
+        assert inverse_sqrt_lr(step_num, d_model=d_model, warmup_steps=warmup) == pytest.approx(paper)
+        ours = lr_at(step_num - 1, max_lr=peak, warmup_steps=warmup, total_steps=1, schedule="inverse-sqrt")
+        assert ours == pytest.approx(paper)
+    assert max(inverse_sqrt_lr(n, d_model=d_model, warmup_steps=warmup) for n in range(1, 3 * warmup + 2)) \
+        == pytest.approx(peak)
+
+
+def test_train_follows_the_inverse_sqrt_schedule_with_adams_eps():
+    config = TrainConfig(steps=12, lr=0.02, warmup_steps=4, schedule="inverse-sqrt", eps=1e-3,
+                         betas=(0.9, 0.98), weight_decay=0.0, progress=False)
+
+    def run(**optimizer_settings):
+        torch.manual_seed(0)
+        model = build_model(TINY)
+        optimizer = (torch.optim.AdamW(model.parameters(), lr=1.0, betas=(0.9, 0.98), weight_decay=0.0,
+                                       **optimizer_settings) if optimizer_settings else None)
+        history = train(model, random_windows(stream(), 4, 12), next_token_objective, config,
+                        optimizer=optimizer)
+        return model, history
+
+    own, history = run()
+    assert history.lrs == pytest.approx([0.02 * min(math.sqrt(4 / n), n / 4) for n in range(1, 13)])
+    same, _ = run(eps=1e-3)
+    other, _ = run(eps=1e-8)
+    for a, b, c in zip(own.parameters(), same.parameters(), other.parameters()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)  # train builds AdamW with config.eps
+    assert any(not torch.equal(a, c) for a, c in zip(own.parameters(), other.parameters()))
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(schedule="noam"), "TrainConfig.schedule='noam' must be one of"),
+    (dict(schedule="inverse-sqrt", warmup_steps=0), "TrainConfig.warmup_steps=0 must be a whole number >= 1"),
+    (dict(schedule="inverse-sqrt", min_lr=1e-4), "TrainConfig.min_lr=0.0001 must be 0 with"),
+    (dict(eps=0.0), "TrainConfig.eps=0.0 must be a positive finite number"),
+])
+def test_bad_schedule_settings_are_refused(changes, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig(**{"steps": 10, "lr": 1e-3, "warmup_steps": 2, **changes})
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5])
+def test_smoothed_cross_entropy_matches_torchs_label_smoothing(smoothing):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 11, generator=g) * 3
+    targets = torch.randint(0, 11, (3, 7), generator=g)
+    targets[0, :3] = IGNORE_INDEX
+    torch_loss = F.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1), label_smoothing=smoothing)
+    torch.testing.assert_close(smoothed_cross_entropy(logits, targets, smoothing), torch_loss)
+    ids = torch.randint(0, 11, (3, 8), generator=g)
+    logits = torch.randn(3, 8, 11, generator=g)
+    torch.testing.assert_close(next_token_loss(logits, ids, label_smoothing=smoothing),
+                               smoothed_cross_entropy(logits[:, :-1], ids[:, 1:], smoothing))
+
+
+def test_label_smoothing_prefers_a_target_short_of_certainty():
+    # with smoothing, the best logits put 1 - s + s / V on the truth, not 1
+    vocab, s = 5, 0.1
+    best = torch.full((1, vocab), math.log(s / vocab))
+    best[0, 0] = math.log(1 - s + s / vocab)
+    sure = torch.tensor([[30.0, 0, 0, 0, 0]])
+    target = torch.tensor([0])
+    assert smoothed_cross_entropy(best, target, s) < smoothed_cross_entropy(sure, target, s)
+    assert F.cross_entropy(sure, target) < F.cross_entropy(best, target)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: smoothed_cross_entropy(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), 1.0), "smoothing=1.0"),
+    (lambda: smoothed_cross_entropy(torch.zeros(2, 3), torch.zeros(3, dtype=torch.long)), "logits have shape"),
+    (lambda: smoothed_cross_entropy(torch.zeros(2, 3), torch.full((2,), IGNORE_INDEX)), "nothing to score"),
+    (lambda: next_token_loss(torch.zeros(1, 3, 4), torch.zeros(1, 3, dtype=torch.long), label_smoothing=-0.1),
+     "label_smoothing=-0.1"),
+    (lambda: inverse_sqrt_lr(0, d_model=512, warmup_steps=4000), "step_num=0"),
+    (lambda: lr_at(0, max_lr=1.0, warmup_steps=0, total_steps=5, schedule="inverse-sqrt"), "warmup_steps=0"),
+    (lambda: lr_at(0, max_lr=1.0, warmup_steps=1, total_steps=5, schedule="linear"), "schedule='linear'"),
+])
+def test_bad_smoothing_and_schedule_arguments_get_clear_errors(call, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call()
 
 def test_next_token_loss_pairs_position_t_with_token_t_plus_1():
     ids = torch.tensor([[3, 1, 4, 1, 5]])
@@ -235,3 +321,16 @@ def test_ddp_on_two_processes_matches_one_process_on_the_global_batch(tmp_path):
     for a, b in zip(single.parameters(), result["params"]):
         torch.testing.assert_close(a.detach(), b, atol=1e-5, rtol=1e-5)
 
+
+
+def test_checkpoint_written_before_schedule_and_eps_existed_still_resumes(tmp_path):
+    path = tmp_path / "run.pt"
+    _run(path, 10)
+    state = torch.load(path, weights_only=True)
+    del state["train_config"]["schedule"], state["train_config"]["eps"]  # as an older version wrote it
+    torch.save(state, path)
+    config = TrainConfig(steps=10, lr=1e-2, warmup_steps=2, progress=False)
+    assert load_checkpoint(path, build_model(TINY.replace(dropout=0.1)), config=config)[0] == 10
+    with pytest.raises(ValueError, match="schedule='cosine' there, 'inverse-sqrt' here"):
+        load_checkpoint(path, build_model(TINY.replace(dropout=0.1)),
+                        config=TrainConfig(steps=10, lr=1e-2, warmup_steps=2, schedule="inverse-sqrt"))
