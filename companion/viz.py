@@ -257,3 +257,187 @@ def explorer(render, controls: dict, *, alt: str, start: dict | None = None, dpi
         widget_controls[name] = control
     box = widgets.VBox([widgets.HBox(list(widget_controls.values())), top])
     return Explorer(box, widget_controls, values, stacks, links, states)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Figures the chapters draw, so that a page shows one call and the idea, not the matplotlib
+# assembly; and the run time each chapter's opening shows.
+
+from typing import Mapping, Tuple, Union  # noqa: E402  (this block's own imports, kept with it)
+
+Series = Union[Sequence[float], Tensor, Mapping[float, float], Tuple[Sequence[float], Sequence[float]]]
+
+
+def _xy(name: str, values: Series, x: Sequence[float] | None) -> tuple[list[float], list[float]]:
+    """(x, y) lists from y values (against `x`, or 0, 1, 2, ...), an (x, y) pair, or a {x: y} dict."""
+    if isinstance(values, Mapping):
+        return [float(k) for k in values], [float(v) for v in values.values()]
+    if isinstance(values, tuple) and len(values) == 2 and not isinstance(values[0], (int, float)):
+        xs, ys = values
+    else:
+        xs, ys = (range(len(values)) if x is None else x), values
+    xs = [float(v) for v in (xs.tolist() if isinstance(xs, Tensor) else xs)]
+    ys = [float(v) for v in (ys.detach().flatten().tolist() if isinstance(ys, Tensor) else ys)]
+    if len(xs) != len(ys):
+        raise ValueError(f"series {name!r} has {len(ys)} values but {len(xs)} x positions")
+    return xs, ys
+
+
+def _finish(ax: plt.Axes, created: bool, legend: bool, legend_size: float | None) -> plt.Axes | None:
+    if legend:
+        ax.legend(fontsize=legend_size)
+    if created:
+        plt.show()
+        return None
+    return ax
+
+
+def curves(
+    series: Mapping[str, Series],
+    *,
+    x: Sequence[float] | None = None,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    log: str = "",
+    styles: Mapping[str, str | Mapping] | None = None,
+    hlines: Mapping[str, float] | None = None,
+    vlines: Mapping[str, float] | None = None,
+    xlim: tuple[float, float] | None = None,
+    ylim: tuple[float, float] | None = None,
+    legend_size: float | None = None,
+    figsize: tuple[float, float] | None = None,
+    ax: plt.Axes | None = None,
+    **plot_kwargs,
+) -> plt.Axes | None:
+    """Plot named curves on one axis: {label: y values, (x, y), or {x: y}}, against `x` if given.
+
+    `log` is "", "x", "y" or "xy" (log scales); `styles` gives a label its matplotlib format
+    ("o-", "--") or keyword arguments ({"lw": 0.6}); `hlines` and `vlines` draw grey reference lines, a label starting with "_" stays
+    out of the legend. Draws on `ax` and returns it; without one, draws a new figure and shows it.
+    """
+    if not series:
+        raise ValueError("series is empty; pass {label: values} for at least one curve")
+    if log not in ("", "x", "y", "xy"):
+        raise ValueError(f"log={log!r}; expected '', 'x', 'y' or 'xy'")
+    created = ax is None
+    if created:
+        _, ax = plt.subplots(figsize=figsize)
+    for name, values in series.items():
+        xs, ys = _xy(name, values, x)
+        style = (styles or {}).get(name, {})
+        fmt, kwargs = (style, {}) if isinstance(style, str) else ("", dict(style))
+        ax.plot(xs, ys, *([fmt] if fmt else []), label=name, **{**plot_kwargs, **kwargs})
+    for name, y in (hlines or {}).items():
+        ax.axhline(y, color="gray", linestyle=":", label=name)
+    for name, at in (vlines or {}).items():
+        ax.axvline(at, color="gray", linestyle="--", linewidth=0.8, label=name)
+    ax.set_xscale("log" if "x" in log else "linear")
+    ax.set_yscale("log" if "y" in log else "linear")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if xlim is not None:
+        ax.set_xlim(xlim)
+    if ylim is not None:
+        ax.set_ylim(ylim)
+    shown = len(series) + sum(not n.startswith("_") for n in [*(hlines or {}), *(vlines or {})])
+    return _finish(ax, created, shown > 1, legend_size)
+
+
+def stacked_bars(
+    parts: Mapping[str, Mapping[str, float]],
+    *,
+    scale: float = 1.0,
+    title: str = "",
+    xlabel: str = "",
+    figsize: tuple[float, float] = (6, 3.5),
+    ax: plt.Axes | None = None,
+) -> plt.Axes | None:
+    """One horizontal bar per name, split into its parts: {name: {part: value}}, values / `scale`.
+
+    Every name must have the same parts, so the colours mean the same thing in every bar.
+    """
+    if not parts:
+        raise ValueError("parts is empty; pass {bar name: {part: value}}")
+    names = list(parts)
+    order = list(parts[names[0]])
+    for name in names:
+        if list(parts[name]) != order:
+            raise ValueError(f"parts[{name!r}] has parts {list(parts[name])}; expected {order} like the first bar")
+    created = ax is None
+    if created:
+        _, ax = plt.subplots(figsize=figsize)
+    left = [0.0] * len(names)
+    for part in order:
+        widths = [parts[n][part] / scale for n in names]
+        ax.barh(names, widths, left=left, label=part)
+        left = [a + b for a, b in zip(left, widths)]
+    ax.set(title=title, xlabel=xlabel)
+    return _finish(ax, created, True, 8)
+
+
+def grouped_bars(
+    groups: Mapping[str, Sequence[float]],
+    labels: Sequence[str],
+    *,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    figsize: tuple[float, float] = (8, 3.5),
+    ax: plt.Axes | None = None,
+) -> plt.Axes | None:
+    """Bars side by side: for each label on the x axis, one bar per group ({group: one value per label})."""
+    if not groups:
+        raise ValueError("groups is empty; pass {group name: one value per label}")
+    for name, values in groups.items():
+        if len(values) != len(labels):
+            raise ValueError(f"groups[{name!r}] has {len(values)} values but there are {len(labels)} labels")
+    created = ax is None
+    if created:
+        _, ax = plt.subplots(figsize=figsize)
+    width = 0.8 / len(groups)
+    middle = (len(groups) - 1) / 2
+    for j, (name, values) in enumerate(groups.items()):
+        values = values.tolist() if isinstance(values, Tensor) else list(values)
+        ax.bar([i + (j - middle) * width for i in range(len(labels))], values, width, label=name)
+    ax.set_xticks(range(len(labels)), list(labels))
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    return _finish(ax, created, True, None)
+
+
+def matrix_image(
+    matrix: Tensor,
+    *,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    cmap: str = "viridis",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    figsize: tuple[float, float] = (4.5, 3.5),
+    ax: plt.Axes | None = None,
+) -> plt.Axes | None:
+    """A 2-D tensor as an image with a colour bar: rows down the vertical axis, columns across."""
+    matrix = torch.as_tensor(matrix).detach().float().cpu()
+    if matrix.dim() != 2:
+        raise ValueError(f"matrix has shape {tuple(matrix.shape)}; expected a 2-D (rows, columns) tensor")
+    created = ax is None
+    if created:
+        _, ax = plt.subplots(figsize=figsize)
+    image = ax.imshow(matrix.numpy(), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.figure.colorbar(image, ax=ax)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    return _finish(ax, created, False, None)
+
+
+def ran_on(device: torch.device | str | None = None) -> str:
+    """Where a page's code ran, for its opening: "one CPU thread", "2 CPU threads", or a GPU's name.
+
+    `device` is the device the page computed on (None or a CPU device: only the CPU).
+    """
+    device = torch.device("cpu" if device is None else device)
+    if device.type == "cuda":
+        return f"a GPU ({torch.cuda.get_device_name(device)})"
+    if device.type != "cpu":
+        return f"the {device.type} device"
+    threads = torch.get_num_threads()
+    return "one CPU thread" if threads == 1 else f"{threads} CPU threads"

@@ -5,6 +5,9 @@ In a code cell, the lines between `# BEGIN SOLUTION` and `# END SOLUTION` become
 A stub at top level (not inside a function) is tagged `raises-exception` so nbval accepts the raise.
 A markdown cell tagged `answer` becomes a prompt to write one's own answer.
 Outputs and execution counts are cleared.
+After the title cell comes a generated header: how to open the notebook, and a table of its
+exercises (the heading above each, the function to write, the `check_*` call under it) and written
+questions, read from the solutions notebook so it cannot fall out of step with it.
 
     python tools/make_exercises.py                                # write every exercises/ notebook
     python tools/make_exercises.py solutions/02_attention.ipynb   # only this one
@@ -23,7 +26,7 @@ import nbformat
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN = re.compile(r"^(?P<indent>\s*)# BEGIN SOLUTION\s*$")
 END = re.compile(r"^\s*# END SOLUTION\s*$")
-STUB_MESSAGE = "exercise: replace this line with your code (see the hint above)"
+STUB_MESSAGE = "exercise: write your code here (see the hint above)"
 ANSWER_PROMPT = "**Your answer:** *(write it here, then compare with the solutions notebook)*"
 
 
@@ -52,8 +55,75 @@ def stub_source(source: str, where: str) -> tuple[str, bool]:
     return "\n".join(out), top_level
 
 
+HEADING = re.compile(r"^#+\s+(?P<title>.+?)\s*$", re.M)
+DEF = re.compile(r"^def (?P<name>\w+)\(", re.M)
+CHECK_CALL = re.compile(r"^(?P<checker>check_\w+)\((?P<name>\w+)\b", re.M)
+NUMBERED = re.compile(r"^(Exercise \d+(?: \(written\))?|Question)\s*:\s*", re.I)
+HEADER_TAG = "exercise-header"
+
+
+def exercise_table(solution: nbformat.NotebookNode, where: str) -> list[tuple[str, str, str]]:
+    """(title, what to write, how it is checked) for each exercise and written question, in order.
+
+    An exercise is a function whose body is a solution block, checked by a later `check_*(name)`
+    cell; a written question is a markdown cell tagged `answer`. A function with a solution block
+    and no checker call is an error, so the table lists every exercise the notebook has.
+    """
+    rows: list[tuple[str, str, str]] = []
+    pending: dict[str, str] = {}  # function -> the heading it sits under, until its checker is seen
+    title = ""
+    for index, cell in enumerate(solution.cells):
+        if cell.cell_type == "markdown":
+            if "answer" in cell.get("metadata", {}).get("tags", []):
+                rows.append((title, "a written answer", "compare with the solutions notebook"))
+            else:
+                headings = HEADING.findall(cell.source)
+                title = NUMBERED.sub("", headings[-1]) if headings else title
+            continue
+        if cell.cell_type != "code":
+            continue
+        if re.search(r"^\s*# BEGIN SOLUTION\s*$", cell.source, re.M):
+            for name in DEF.findall(cell.source):
+                pending[name] = title
+        for checker, name in CHECK_CALL.findall(cell.source):
+            if name not in pending:
+                raise ValueError(f"{where}, cell {index}: {checker}({name}) checks a function no exercise defines")
+            rows.append((pending.pop(name), f"`{name}`", f"`{checker}({name})`"))
+    if pending:
+        missing = ", ".join(sorted(pending))
+        raise ValueError(f"{where}: no check_*(...) call for the exercise function(s) {missing}")
+    return rows
+
+
+def header_source(name: str, rows: list[tuple[str, str, str]]) -> str:
+    """The markdown cell that opens an exercise notebook: how to open it, then what it asks."""
+    lines = [
+        "## How to open this notebook",
+        "",
+        "Run it where the `companion` library is installed, since the exercises import it and the",
+        "checkers compare your code with it:",
+        "",
+        "- **Jupyter on your computer.** Clone the course repository; in its folder run",
+        "  `pip install -e . jupyterlab` (in a virtual environment; `make venv` makes one), then",
+        f"  `jupyter lab exercises/{name}` (or open the file in VS Code).",
+        "- **A notebook service** (JupyterHub, Colab, Kaggle, Binder). Put a copy of the repository",
+        "  there (clone it, or upload its folder), and in a first cell run",
+        "  `%pip install -e <the repository's folder>`; then open this notebook.",
+        "",
+        "Write each function's body where it says `raise NotImplementedError`, then run the",
+        "checker cell under it: it prints what passed or names the likely mistake. Everything runs",
+        "on a laptop CPU.",
+        "",
+        "| | exercise | you write | checked by |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {n} | {title} | {what} | {check} |" for n, (title, what, check) in enumerate(rows, 1)]
+    return "\n".join(lines)
+
+
 def make_exercise(solution: nbformat.NotebookNode, where: str) -> nbformat.NotebookNode:
     nb = copy.deepcopy(solution)
+    rows = exercise_table(solution, where)
     stubs = 0
     for index, cell in enumerate(nb.cells):
         tags = list(cell.get("metadata", {}).get("tags", []))
@@ -72,6 +142,10 @@ def make_exercise(solution: nbformat.NotebookNode, where: str) -> nbformat.Noteb
             cell.metadata["tags"] = tags
     if stubs == 0:
         raise ValueError(f"{where} has no '# BEGIN SOLUTION' block: nothing for a learner to write")
+    header = nbformat.v4.new_markdown_cell(header_source(Path(where).name, rows), metadata={"tags": [HEADER_TAG]})
+    header["id"] = HEADER_TAG  # a fixed id, so the generated notebook is the same on every run
+    at = 1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0  # after the title
+    nb.cells.insert(at, header)
     nb.metadata.pop("widgets", None)
     return nb
 
