@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields, replace
 
+from .attention import ATTENTION_PATHS
 from .layers import ACTIVATIONS, NORMS
 
 KINDS = ("decoder", "encoder", "encoder-decoder")
@@ -46,6 +47,7 @@ class TransformerConfig:
     layer_norm_eps: float = 1e-5
     rope_base: float = 10000.0
     pad_id: int | None = None
+    attention_path: str = "fused"  # "fused": PyTorch's kernel; "einops": the readable path of chapter 2
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -68,6 +70,7 @@ class TransformerConfig:
         choice("positional", POSITIONALS)
         choice("activation", ACTIVATIONS)
         choice("task_head", TASK_HEADS)
+        choice("attention_path", ATTENTION_PATHS, "; both compute the same attention, to rounding")
         for name in ("vocab_size", "context_length", "d_model", "heads", "layers", "num_labels"):
             value = getattr(self, name)
             need(whole(value) and value > 0, f"{name}={value!r} must be a positive whole number")
