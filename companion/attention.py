@@ -284,7 +284,10 @@ class MultiHeadAttention(nn.Module):
         self.last_weights: Tensor | None = None
 
     def split_heads(self, x: Tensor) -> Tensor:
-        return rearrange(x, "batch seq (heads d_head) -> batch heads seq d_head", heads=self.heads)
+        """rearrange(x, "batch seq (heads d_head) -> batch heads seq d_head"), written as unflatten and
+        transpose: the same view, without einops' per-call pattern handling, which shows at every
+        decoding step (chapter 2 writes it with rearrange; a test keeps the two equal)."""
+        return x.unflatten(-1, (self.heads, self.d_head)).transpose(1, 2)
 
     def forward(
         self,
@@ -341,4 +344,4 @@ class MultiHeadAttention(nn.Module):
             self.last_weights = weights.detach()
         else:
             out = _attend(q, k, v, mask, causal=causal, fused=self.fused, dropout_p=dropout_p)
-        return self.to_out(rearrange(out, "batch heads seq d_head -> batch seq (heads d_head)"))
+        return self.to_out(out.transpose(1, 2).flatten(2))  # "batch heads seq d_head -> batch seq (heads d_head)"

@@ -68,6 +68,15 @@ def test_attention_path_is_a_config_choice_passed_to_every_layer():
     assert torch.equal(generate(fused, x[:, :3], 20), generate(readable, x[:, :3], 20))
 
 
+def test_split_heads_is_the_einops_rearrange_and_merging_undoes_it():
+    from einops import rearrange
+
+    mha, x = MultiHeadAttention(24, 3), torch.randn(2, 5, 24)
+    split = mha.split_heads(x)
+    assert torch.equal(split, rearrange(x, "batch seq (heads d_head) -> batch heads seq d_head", heads=3))
+    assert torch.equal(split.transpose(1, 2).flatten(2), x)
+
+
 def test_attention_path_is_checked():
     with pytest.raises(ValueError, match=r"attention_path='flash' is not one of \('fused', 'einops'\)"):
         TransformerConfig(attention_path="flash")
