@@ -174,14 +174,30 @@ def test_autocast_refuses_an_unknown_dtype_and_turns_off_for_fp32():
         assert not torch.is_autocast_enabled("cpu")
 
 
+def agree_but_for_near_ties(low: torch.Tensor, reference: torch.Tensor, model, start: int, gap: float = 0.05) -> bool:
+    """Greedy tokens equal the fp32 reference, or first differ where fp32's two best logits are within
+    `gap`: a near-tie that bf16's rounding cannot resolve, not a wrong code path."""
+    differ = (low[:, start:] != reference[:, start:]).nonzero()
+    if len(differ) == 0:
+        return True
+    row, step = (int(i) for i in differ[0])
+    with torch.no_grad():
+        logits = model.cpu().float()(reference[row:row + 1, :start + step])[0, -1]
+    top2 = logits.topk(2).values
+    return (top2[0] - top2[1]).item() < gap
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_bf16_generate_matches_fp32_tokens_and_uses_a_bf16_cache():
-    """On a GPU, generate runs under bf16 autocast with a bf16 cache; its greedy tokens equal fp32's on the CPU."""
+    """On a GPU, generate runs under bf16 autocast with a bf16 cache; its greedy tokens equal fp32's on the
+    CPU (but for near-ties), compiled or not."""
     model, prompt = model_of(), ids((2, 1), 2)
     reference = generate(model, prompt, 24)
-    model.cuda()
     with autocast("cuda"):
         assert compute_dtype("cuda") == torch.bfloat16
-    assert torch.equal(generate(model, prompt.cuda(), 24).cpu(), reference)
+    low = generate(model.cuda(), prompt.cuda(), 24).cpu()
+    assert agree_but_for_near_ties(low, reference, model, 1)
+    model.cuda()
     compiled = torch.compile(model, fullgraph=True)
-    assert torch.equal(generate(compiled, prompt.cuda(), 24).cpu(), reference)
+    low = generate(compiled, prompt.cuda(), 24).cpu()
+    assert agree_but_for_near_ties(low, reference, model, 1)
