@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model (fullgraph=True); the warm-up then compiles")
     args = parser.parse_args(argv)
     if min(args.new_tokens) < 1 or args.prompt_tokens < 1 or args.repeats < 1:
         parser.error("--new-tokens, --prompt-tokens and --repeats must be at least 1")
@@ -61,12 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     model = build_model(config).to(device).eval()
     params = sum(p.numel() for p in model.parameters())
+    if args.compile:
+        model = torch.compile(model, fullgraph=True)  # generate takes the wrapper; it compiles once per kind of step
     print(f"preset {args.preset}: {config.layers} layers, d_model {config.d_model}, {config.heads} heads, "
-          f"{params / 1e6:.2f}M parameters; device {describe(device)}; {torch.get_num_threads()} CPU threads")
+          f"{params / 1e6:.2f}M parameters; device {describe(device)}; {torch.get_num_threads()} CPU threads"
+          f"{'; compiled' if args.compile else ''}")
     prompt = torch.randint(0, config.vocab_size, (1, args.prompt_tokens),
                            generator=torch.Generator().manual_seed(args.seed)).to(device)
-    generate(model, prompt, 4)  # warm-up: first calls allocate and pick kernels
+    generate(model, prompt, 4)  # warm-up: first calls allocate and pick kernels (and compile)
     generate(model, prompt, 4, use_cache=False)
+    if args.compile:  # uncached steps see a new length each time: let the dynamic-shape graph be compiled too
+        generate(model, prompt, 4, use_cache=False)
 
     print(f"{'new tokens':>10} {'cached':>10} {'recomputed':>11} {'speed-up':>9} {'cached rate':>16}"
           f" {'CPU-time speed-up':>18}  same tokens")

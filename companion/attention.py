@@ -47,7 +47,14 @@ class Dropout(nn.Dropout):
     """`torch.nn.Dropout` that also stays off inside `no_dropout()`; every companion model uses it."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.dropout(x, self.p, dropout_active(self), self.inplace)
+        if self.p == 0.0 or not dropout_active(self):
+            return x  # nothing to drop: skip the call (it adds up, one per sub-layer, at every decoding step)
+        return F.dropout(x, self.p, True, self.inplace)
+
+
+# The two ways to compute attention, chosen by TransformerConfig.attention_path: PyTorch's fused kernel
+# (FlashAttention-style on a GPU) or the einops path chapter 2 writes out. They agree to rounding.
+ATTENTION_PATHS = ("fused", "einops")
 
 
 # ---------------------------------------------------------------- masks
@@ -181,20 +188,30 @@ def scaled_dot_product_attention(
     return_weights: also return the (batch, heads, q_pos, k_pos) attention weights (einops path).
     """
     _check_qkv(q, k, v, mask, dropout_p)
+    return _attend(q, k, v, mask, causal=causal, fused=fused, dropout_p=dropout_p, return_weights=return_weights)
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, causal: bool, fused: bool,
+            dropout_p: float, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """`scaled_dot_product_attention` once its arguments are checked (MultiHeadAttention makes q, k
+    and v itself, so it checks only the mask)."""
     q_len, k_len = q.shape[2], k.shape[2]
     if causal and q_len == 1:
         causal = False  # one query, placed after every key (decoding with a cache), may see them all
-    if causal:
-        cm = causal_mask(q_len, k_len, q.device)
-        mask = cm if mask is None else mask & cm
     if fused and not return_weights:
+        if causal and mask is None and q_len == k_len:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)  # no mask to build
+        if causal:
+            cm = _causal(q_len, k_len, q.device)
+            mask = cm if mask is None else mask & cm
         if mask is None:
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-        if causal and mask is cm and q_len == k_len:
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         return out.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
 
+    if causal:
+        cm = _causal(q_len, k_len, q.device)
+        mask = cm if mask is None else mask & cm
     scores = einsum(q, k, "batch heads q_pos d_head, batch heads k_pos d_head -> batch heads q_pos k_pos")
     # Dividing by sqrt(d_head) keeps the scores' variance near 1 whatever the width (chapter 2).
     scores = scores / math.sqrt(q.shape[-1])
@@ -209,9 +226,20 @@ def scaled_dot_product_attention(
     return (out, weights) if return_weights else out
 
 
-def _check_and(mask: Tensor, pad: Tensor, q: Tensor, k: Tensor) -> Tensor:
-    _check_qkv(q, k, k, mask)
-    return mask & pad
+def _causal(q_len, k_len, device) -> Tensor:
+    """causal_mask without its argument checks, for sizes read off tensors (symbolic under torch.compile)."""
+    return torch.arange(k_len - q_len, k_len, device=device)[:, None] >= torch.arange(k_len, device=device)[None, :]
+
+
+def _check_mask(mask: Tensor, q: Tensor, k: Tensor) -> None:
+    """The mask checks of `_check_qkv`, for q and k that MultiHeadAttention made itself."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"mask={_describe(mask)} must be a torch.bool tensor with True where a query may attend")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask has dtype {mask.dtype}; expected torch.bool with True where a query may attend")
+    check_mask_shape(mask, q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+
+
 
 
 class KVCacheLayer(Protocol):
@@ -255,7 +283,11 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, d_model: int, heads: int, *, bias: bool = True, dropout: float = 0.0, fused: bool = True,
                  kv_heads: int | None = None, qk_norm: bool = False, eps: float = 1e-6):
+        """fused: attend with PyTorch's fused kernel (True) or the readable einops path (False); a model
+        takes it from TransformerConfig.attention_path. Both compute the same, to rounding."""
         super().__init__()
+        if not isinstance(fused, bool):
+            raise TypeError(f"fused={fused!r} must be True (PyTorch's fused kernel) or False (the einops path)")
         if d_model % heads != 0:
             raise ValueError(f"d_model={d_model} is not divisible by heads={heads}; d_head must be a whole number")
         kv_heads = heads if kv_heads is None else kv_heads
@@ -280,7 +312,10 @@ class MultiHeadAttention(nn.Module):
         self.last_weights: Tensor | None = None
 
     def split_heads(self, x: Tensor, heads: int | None = None) -> Tensor:
-        return rearrange(x, "batch seq (heads d_head) -> batch heads seq d_head", heads=heads or self.heads)
+        """rearrange(x, "batch seq (heads d_head) -> batch heads seq d_head"), written as unflatten and
+        transpose: the same view, without einops' per-call pattern handling, which shows at every
+        decoding step (chapter 2 writes it with rearrange; a test keeps the two equal)."""
+        return x.unflatten(-1, (heads or self.heads, self.d_head)).transpose(1, 2)
 
     def forward(
         self,
@@ -328,15 +363,19 @@ class MultiHeadAttention(nn.Module):
                 k, v = cache.append(k, v)
         if rotary is not None:
             q = rotary(q, positions)
+        if k.dtype != q.dtype:  # a bf16 cache read by fp32 queries (or the other way round)
+            k, v = k.to(q.dtype), v.to(q.dtype)
         # The cache keeps kv_heads heads; each is repeated for its group of query heads only here.
         k, v = repeat_kv(k, self.heads // self.kv_heads), repeat_kv(v, self.heads // self.kv_heads)
+        if mask is not None:
+            _check_mask(mask, q, k)
         if padding is not None:
             pad = padding_to_mask(padding, x.shape[0], k.shape[2])
-            mask = pad if mask is None else _check_and(mask, pad, q, k)
+            mask = pad if mask is None else mask & pad
         dropout_p = self.dropout if dropout_active(self) else 0.0
         if keep_weights or self.record_weights:
-            out, weights = scaled_dot_product_attention(q, k, v, mask, causal=causal, dropout_p=dropout_p, return_weights=True)
+            out, weights = _attend(q, k, v, mask, causal=causal, fused=False, dropout_p=dropout_p, return_weights=True)
             self.last_weights = weights.detach()
         else:
-            out = scaled_dot_product_attention(q, k, v, mask, causal=causal, dropout_p=dropout_p, fused=self.fused)
-        return self.to_out(rearrange(out, "batch heads seq d_head -> batch seq (heads d_head)"))
+            out = _attend(q, k, v, mask, causal=causal, fused=self.fused, dropout_p=dropout_p)
+        return self.to_out(out.transpose(1, 2).flatten(2))  # "batch heads seq d_head -> batch seq (heads d_head)"

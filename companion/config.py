@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields, replace
 
+from .attention import ATTENTION_PATHS
 from .layers import ACTIVATIONS, GATED, NORM_TYPES, NORMS
 
 KINDS = ("decoder", "encoder", "encoder-decoder")
@@ -66,6 +67,7 @@ class TransformerConfig:
     pad_id: int | None = None
     kv_heads: int | None = None  # grouped-query attention; None: as many as heads
     qk_norm: bool = False
+    attention_path: str = "fused"  # "fused": PyTorch's kernel; "einops": the readable path of chapter 2
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -89,6 +91,7 @@ class TransformerConfig:
         choice("positional", POSITIONALS)
         choice("activation", tuple(ACTIVATIONS) + GATED)
         choice("task_head", TASK_HEADS)
+        choice("attention_path", ATTENTION_PATHS, "; both compute the same attention, to rounding")
         for name in ("vocab_size", "context_length", "d_model", "heads", "layers", "num_labels"):
             value = getattr(self, name)
             need(whole(value) and value > 0, f"{name}={value!r} must be a positive whole number")

@@ -13,8 +13,14 @@ from torch import Tensor, nn
 
 from .attention import no_dropout
 from .config import TransformerConfig
-from .device import autocast
+from .device import autocast, compute_dtype, values_trusted
 from .models import DecoderLM, EncoderDecoder, check_ids
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model itself: `torch.compile(model)` wraps it in an OptimizedModule that keeps it as `_orig_mod`.
+    Generation reads the config and methods from the model, and calls the compiled wrapper to run it."""
+    return getattr(model, "_orig_mod", model)
 
 
 class KVCache:
@@ -31,8 +37,12 @@ class KVCache:
                 raise ValueError(f"KVCache: {name}={value!r} must be a positive whole number")
         self.keys = torch.zeros(batch, heads, capacity, d_head, device=device, dtype=dtype)
         self.values = torch.zeros_like(self.keys)
-        self.capacity = capacity
         self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        """Positions the cache can hold (read off the tensor, so compiled code sees a size, not a constant)."""
+        return self.keys.shape[2]
 
     def __len__(self) -> int:
         return self.length
@@ -208,9 +218,10 @@ def stream(
 
     The arguments are checked here, before the first step is asked for.
     """
-    if not isinstance(model, (DecoderLM, EncoderDecoder)):
-        raise TypeError(f"generate needs a DecoderLM or an EncoderDecoder, got {type(model).__name__}")
-    config = model.config
+    if not isinstance(unwrap(model), (DecoderLM, EncoderDecoder)):
+        raise TypeError(f"generate needs a DecoderLM or an EncoderDecoder (or one wrapped by torch.compile), "
+                        f"got {type(unwrap(model)).__name__}")
+    config = unwrap(model).config
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a whole number >= 0")
     _check_sampling(temperature, top_k, top_p)
@@ -224,7 +235,7 @@ def stream(
             f"prompt_ids has {prompt_ids.shape[1]} tokens and max_new_tokens={max_new_tokens}: {total} positions, "
             f"but the model's context is {config.context_length}; shorten the prompt or ask for fewer tokens"
         )
-    encoder_decoder = isinstance(model, EncoderDecoder)
+    encoder_decoder = isinstance(unwrap(model), EncoderDecoder)
     if encoder_decoder and src_ids is None:
         raise ValueError("an EncoderDecoder needs src_ids, the source sequence the decoder attends to")
     if not encoder_decoder and src_ids is not None:
@@ -238,6 +249,8 @@ def stream(
 
 def _steps(model: nn.Module, prompt_ids: Tensor, max_new_tokens: int, src_ids: Tensor | None, use_cache: bool,
            temperature: float, top_k: int | None, top_p: float | None, seed: int | None) -> Iterator[Tensor]:
+    run = model  # what computes: the model, or the torch.compile wrapper around it
+    model = unwrap(model)
     config = model.config
     encoder_decoder = isinstance(model, EncoderDecoder)
     total = prompt_ids.shape[1] + max_new_tokens
@@ -245,38 +258,62 @@ def _steps(model: nn.Module, prompt_ids: Tensor, max_new_tokens: int, src_ids: T
     device = next(model.parameters()).device
     ids = prompt_ids.to(device)
     generator = None if seed is None else torch.Generator().manual_seed(seed)
+    # Reading a value on a GPU waits for the queued kernels. Greedy steps there never read one: the
+    # finiteness of every step's logits is gathered on the device and read once, after the last step.
+    # Sampling reads the probabilities anyway (on the CPU), and the CPU has nothing to wait for.
+    check_each_step = device.type == "cpu" or temperature > 0
+    finite = None
     # Dropout is switched off for this thread only (no_dropout), never with model.eval(): the model's mode is
     # shared by every thread using it and would outlive a half-consumed stream. Inference mode (no autograd
     # bookkeeping), autocast and no_dropout are entered for each step, never around a `yield`, so the
-    # caller's code between steps runs in its own mode.
-    with no_dropout(), torch.inference_mode(), autocast(device):
+    # caller's code between steps runs in its own mode. values_trusted(): the prompt was checked in
+    # stream() and every later token is the model's own, so the model skips reading ids back.
+    with no_dropout(), torch.inference_mode(), autocast(device), values_trusted():
         memory = model.encode(src_ids.to(device)) if encoder_decoder else None
         memory_mask = model.source_mask(src_ids.to(device)) if encoder_decoder else None
         if use_cache:
-            dtype = torch.bfloat16 if device.type == "cuda" else next(model.parameters()).dtype
+            dtype = compute_dtype(device, next(model.parameters()).dtype)  # bf16 under autocast
             caches = new_caches(config, ids.shape[0], total, device=device, dtype=dtype)
             cross = [CrossKVCache() for _ in caches] if encoder_decoder else None
+            if run is not model:
+                # Compiled: the caches' capacity (prompt + new tokens) is a symbolic size, so the next
+                # generate, of another length, reuses the compiled code instead of compiling again.
+                for cache in caches:
+                    torch._dynamo.maybe_mark_dynamic(cache.keys, 2)
+                    torch._dynamo.maybe_mark_dynamic(cache.values, 2)
     fed = 0  # positions already in the cache
+    new_ids = ids  # what the next cached step reads: the prompt, then each new token alone
     for step in range(max_new_tokens):
-        with no_dropout(), torch.inference_mode(), autocast(device):
-            new_ids = ids[:, fed:] if use_cache else ids
+        with no_dropout(), torch.inference_mode(), autocast(device), values_trusted():
+            if not use_cache:
+                new_ids = ids
             args = dict(caches=caches, start_pos=fed) if use_cache else {}
             if encoder_decoder:
                 extra = dict(cross_caches=cross) if use_cache else {}
-                logits = model.decode(new_ids, memory, memory_mask, **args, **extra)
+                logits = model.decode(new_ids, memory, memory_mask, **args, **extra, last_only=True)
             else:
-                logits = model(new_ids, **args)
+                logits = run(new_ids, **args, last_only=True)  # the vocabulary head for the last position only
             fed = ids.shape[1]
             last = logits[:, -1].float()
-            if not torch.isfinite(last).all():
-                raise FloatingPointError(
-                    f"the model's logits at generation step {step} are not finite (NaN or inf), so no token can be "
-                    "chosen: its weights or activations have overflowed; check torch.isfinite on model.parameters()"
-                )
+            if check_each_step:
+                _check_finite(torch.isfinite(last).all(), step)
+            else:
+                finite = torch.isfinite(last).all() if finite is None else finite & torch.isfinite(last).all()
             token = _pick(last, temperature, top_k, top_p, generator)  # the arguments were checked in stream()
         token = token.clone()  # outside inference mode: an ordinary tensor, usable with autograd
-        ids = torch.cat([ids, token[:, None]], dim=1)
+        new_ids = token[:, None]  # a fresh (batch, 1) tensor: the same strides at every step, as compiled code expects
+        ids = torch.cat([ids, new_ids], dim=1)
         yield token
+    if finite is not None:
+        _check_finite(finite, max_new_tokens - 1, "by ")
+
+
+def _check_finite(finite: Tensor, step: int, by: str = "") -> None:
+    if not finite:
+        raise FloatingPointError(
+            f"the model's logits {by}generation step {step} are not finite (NaN or inf), so no token can be "
+            "chosen: its weights or activations have overflowed; check torch.isfinite on model.parameters()"
+        )
 
 
 def generate(
@@ -299,7 +336,7 @@ def generate(
     """
     new = list(stream(model, prompt_ids, max_new_tokens, src_ids=src_ids, use_cache=use_cache,
                       temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
-    prompt = prompt_ids.to(next(model.parameters()).device)
+    prompt = prompt_ids.to(next(unwrap(model).parameters()).device)
     return torch.cat([prompt, torch.stack(new, dim=1)], dim=1) if new else prompt.clone()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import threading
 
 import torch
 
@@ -41,12 +42,60 @@ def pick_device(prefer: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def autocast(device: torch.device | str):
-    """bf16 autocast on CUDA (where tensor cores want it); plain fp32 elsewhere."""
+def autocast(device: torch.device | str, dtype: torch.dtype | None = None):
+    """bf16 autocast on CUDA (where tensor cores want it); plain fp32 elsewhere.
+
+    dtype overrides the choice: torch.bfloat16 on the CPU runs the same mixed-precision path as a GPU
+    (slower there, but it tests the GPU's code path on any machine); torch.float32 turns autocast off.
+    """
     device = torch.device(device)
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"autocast dtype={dtype} must be torch.bfloat16, torch.float16 or torch.float32 (off)")
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def compute_dtype(device: torch.device | str, default: torch.dtype = torch.float32) -> torch.dtype:
+    """The dtype matrix products give here and now: autocast's when it is on for `device`, else `default`.
+    Key/value caches are made in it, so a bf16 run keeps bf16 keys (half the memory)."""
+    device_type = torch.device(device).type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return default
+
+
+# ---------------------------------------------------------------- checks that read tensor values
+
+_trusted = threading.local()
+
+
+@contextlib.contextmanager
+def values_trusted():
+    """Within this block (this thread only), checks that read a tensor's values are skipped.
+
+    Reading a value (`int(ids.max())`) copies it to the host: on a GPU that waits for every queued
+    kernel, and under `torch.compile` it breaks the graph. `generate` feeds the model tokens it picked
+    itself, always inside the vocabulary, so it decodes inside this block: no sync per step. Shape
+    checks still run; they read no values.
+    """
+    depth = getattr(_trusted, "depth", 0)
+    _trusted.depth = depth + 1
+    try:
+        yield
+    finally:
+        _trusted.depth = depth
+
+
+def check_values() -> bool:
+    """True when a check may read tensor values: eager mode (not being compiled) outside `values_trusted()`.
+
+    Compiled code skips them (they would break the graph, and a compiled model is a checked one in
+    production); call the model once eagerly to get the clear error for bad input.
+    """
+    return not torch.compiler.is_compiling() and not getattr(_trusted, "depth", 0)
 
 
 def seed_everything(seed: int = 0) -> torch.Generator:

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .attention import Dropout, KVCacheLayer, MultiHeadAttention, no_dropout, padding_mask
 from .config import TransformerConfig
+from .device import check_values
 from .layers import ACTIVATIONS, GATED, FeedForward, LayerNorm, Residual, SwiGLU, make_norm
 from .positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions
 
@@ -47,6 +48,8 @@ def check_ids(ids: Tensor, config: TransformerConfig, name: str = "ids", start_p
             + f" but the model's context is {config.context_length} positions;"
             " truncate the sequence or use a config with a longer context_length"
         )
+    if not check_values():  # compiled, or decoding its own tokens: reading values would sync and break graphs
+        return
     low, high = int(ids.min()), int(ids.max())
     if low < 0 or high >= config.vocab_size:
         raise ValueError(f"{name} holds token ids in [{low}, {high}] but the vocabulary is [0, {config.vocab_size - 1}]")
@@ -103,7 +106,8 @@ class Embeddings(nn.Module):
 
 def _attention(config: TransformerConfig) -> MultiHeadAttention:
     return MultiHeadAttention(config.d_model, config.heads, bias=config.bias, dropout=config.attention_dropout,
-                              kv_heads=config.n_kv_heads, qk_norm=config.qk_norm, eps=config.layer_norm_eps)
+                              kv_heads=config.n_kv_heads, qk_norm=config.qk_norm, eps=config.layer_norm_eps,
+                              fused=config.attention_path == "fused")
 
 
 def _feed_forward(config: TransformerConfig) -> nn.Module:
@@ -244,11 +248,15 @@ class DecoderLM(nn.Module):
         causal: bool = True,
         mask: Tensor | None = None,
         padding: Tensor | None = None,
+        last_only: bool = False,
     ) -> Tensor:
         """Next-token logits (batch, seq, vocab). caches/start_pos: decode incrementally (chapter 6).
         causal=False lets every position see the future, which turns the model into a denoiser
-        rather than a generator (chapter 6). mask and padding: see `encode`."""
-        return self.head(self.encode(ids, caches=caches, start_pos=start_pos, causal=causal, mask=mask, padding=padding))
+        rather than a generator (chapter 6). mask and padding: see `encode`.
+        last_only: logits for the last position only, (batch, 1, vocab): all that generation needs,
+        without the vocabulary head's cost at every other position."""
+        hidden = self.encode(ids, caches=caches, start_pos=start_pos, causal=causal, mask=mask, padding=padding)
+        return self.head(hidden[:, -1:] if last_only else hidden)
 
 
 class EncoderLM(nn.Module):
@@ -300,6 +308,8 @@ class EncoderLM(nn.Module):
             raise TypeError(f"segments must be a tensor of integer segment ids like ids, got {segments!r:.80}")
         if segments.shape != ids.shape:
             raise ValueError(f"segments has shape {tuple(segments.shape)}; it must match ids, {tuple(ids.shape)}")
+        if not check_values():
+            return
         low, high = int(segments.min()), int(segments.max())
         if low < 0 or high >= self.config.segment_vocab_size:
             raise ValueError(f"segments holds ids in [{low}, {high}] but segment_vocab_size={self.config.segment_vocab_size} "
@@ -358,8 +368,10 @@ class EncoderDecoder(nn.Module):
         caches: Sequence[KVCacheLayer] | None = None,
         cross_caches: Sequence[KVCacheLayer] | None = None,
         start_pos: int = 0,
+        last_only: bool = False,
     ) -> Tensor:
-        """Next-token logits (batch, tgt_seq, vocab) for the target so far, given the encoder output."""
+        """Next-token logits (batch, tgt_seq, vocab) for the target so far, given the encoder output;
+        last_only: for the last position only, (batch, 1, vocab), as generation needs."""
         check_ids(tgt_ids, self.config, "tgt_ids", start_pos)
         if not isinstance(memory, Tensor) or memory.dim() != 3 or memory.shape[0] != tgt_ids.shape[0] \
                 or memory.shape[-1] != self.config.d_model:
@@ -377,7 +389,8 @@ class EncoderDecoder(nn.Module):
                 cache=None if caches is None else caches[i],
                 cross_cache=None if cross_caches is None else cross_caches[i],
             )
-        return self.head(self.decoder.final_norm(x))
+        x = self.decoder.final_norm(x)
+        return self.head(x[:, -1:] if last_only else x)
 
     def forward(self, src_ids: Tensor, tgt_ids: Tensor) -> Tensor:
         check_ids(src_ids, self.config, "src_ids")

@@ -11,6 +11,8 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from .device import check_values
+
 
 def _need_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -21,9 +23,12 @@ def _check_positions(positions: Tensor, context_length: int, who: str) -> None:
     """Positions index a table of `context_length` rows; say so clearly when they fall outside it."""
     if not isinstance(positions, Tensor) or positions.dtype.is_floating_point or positions.dtype == torch.bool:
         raise TypeError(f"{who}: positions must be a tensor of integer positions, got {positions!r:.80}")
-    # On an accelerator the range check would stall every call on a device sync; the models
-    # already check their ids against context_length, and an index error still surfaces there.
-    if positions.device.type == "cpu" and positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= context_length):
+    # On an accelerator the range check would stall every call on a device sync, and compiled code
+    # cannot read values without a graph break; the models already check their ids against
+    # context_length, and an index error still surfaces there.
+    if positions.device.type != "cpu" or not positions.numel() or not check_values():
+        return
+    if int(positions.min()) < 0 or int(positions.max()) >= context_length:
         raise ValueError(
             f"{who}: positions run from {int(positions.min())} to {int(positions.max())} but the table holds "
             f"positions 0..{context_length - 1}; build it with a larger context_length"

@@ -1,0 +1,197 @@
+"""The companion against Hugging Face `transformers` on the same GPT-2 weights: time ratios, one table.
+
+    .venv/bin/python benchmarks/bench_vs_hf.py                   # CPU, 1 and 2 threads, best of 5
+    .venv/bin/python benchmarks/bench_vs_hf.py --threads 1 --only forward
+    python benchmarks/bench_vs_hf.py --device cuda --dtype bfloat16 --threads 0   # on a GPU
+
+Both models hold the same weights: a random `transformers.GPT2LMHeadModel` is saved with
+`save_pretrained` into a temporary directory and read back by the companion's loader (chapter 5), so
+nothing is downloaded. Each row runs both libraries alternately (the order flips every repeat), so a
+machine shared with other work slows both alike; the best of the repeats counts. A ratio below 1 means
+the companion is faster. Greedy generations must give identical tokens, or the script fails.
+
+`transformers` comes with the test extras (`pip install -e ".[test]"`); the library never imports it.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here reaches the hub
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from companion.decoding import generate  # noqa: E402
+from companion.pretrained import load_pretrained  # noqa: E402
+
+# (name, GPT2Config keywords): a small model where per-call overhead shows, and the real 124M one.
+SMALL = dict(n_layer=4, n_embd=256, n_head=4, vocab_size=256, n_positions=512)
+GPT2_SMALL: dict = {}  # transformers' defaults are gpt2-small: 12 layers, d768, 12 heads, vocab 50257
+
+
+@dataclass
+class Work:
+    name: str
+    ours: Callable[[], object]
+    theirs: Callable[[], object]
+    same: Callable[[object, object], bool] | None = None  # outputs must agree (greedy tokens)
+
+
+def build_pair(hf_config: dict, directory: Path, device: torch.device, dtype: torch.dtype):
+    """(transformers model, companion model) holding the same random weights, in eval mode."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(**hf_config, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                     bos_token_id=None, eos_token_id=None)
+    theirs = transformers.GPT2LMHeadModel(config).eval()
+    theirs.save_pretrained(directory)
+    theirs = theirs.to(device=device, dtype=dtype)
+    ours = load_pretrained(directory).to(device=device, dtype=dtype)
+    return theirs, ours
+
+
+def hf_generate(model, prompt: torch.Tensor, n: int, use_cache: bool) -> torch.Tensor:
+    return model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, min_new_tokens=n,
+                          do_sample=False, use_cache=use_cache, pad_token_id=0)
+
+
+def next_token_ce(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+
+
+def workloads(directory: Path, device: torch.device, dtype: torch.dtype, only: list[str] | None) -> list[Work]:
+    works: list[Work] = []
+    want = (lambda name: only is None or any(o in name for o in only))
+    gen = torch.Generator().manual_seed(1)
+    small_names = ("forward, 4 layers d256, batch 8 x 256", "forward + backward, same",
+                   "greedy generate 128 tokens with cache", "greedy generate 32 tokens without cache")
+    if any(want(n) for n in small_names):
+        theirs, ours = build_pair(SMALL, directory / "small", device, dtype)
+        ids = torch.randint(0, SMALL["vocab_size"], (8, 256), generator=gen).to(device)
+        prompt = torch.randint(0, SMALL["vocab_size"], (1, 16), generator=gen).to(device)
+
+        @torch.no_grad()
+        def fwd_ours():
+            return ours(ids)
+
+        @torch.no_grad()
+        def fwd_theirs():
+            return theirs(ids).logits
+
+        # The gradients are dropped after each step, so that the rows after this one run in a process
+        # that holds no leftover buffers (their allocations then slow every later row).
+        def train_ours():
+            next_token_ce(ours(ids), ids).backward()
+            ours.zero_grad(set_to_none=True)
+
+        def train_theirs():
+            next_token_ce(theirs(ids).logits, ids).backward()
+            theirs.zero_grad(set_to_none=True)
+
+        same = (lambda a, b: torch.equal(a.cpu(), b.cpu()))
+        works += [
+            Work(small_names[0], fwd_ours, fwd_theirs),
+            Work(small_names[1], train_ours, train_theirs),
+            Work(small_names[2], lambda: generate(ours, prompt, 128), lambda: hf_generate(theirs, prompt, 128, True), same),
+            Work(small_names[3], lambda: generate(ours, prompt, 32, use_cache=False),
+                 lambda: hf_generate(theirs, prompt, 32, False), same),
+        ]
+    big_names = ("gpt2-small forward, batch 1 x 64", "gpt2-small greedy generate 32 tokens with cache")
+    if any(want(n) for n in big_names):
+        theirs, ours = build_pair(GPT2_SMALL, directory / "gpt2-small", device, dtype)
+        ids = torch.randint(0, 50257, (1, 64), generator=gen).to(device)
+        prompt = torch.randint(0, 50257, (1, 8), generator=gen).to(device)
+        works += [
+            Work(big_names[0], torch.no_grad()(lambda: ours(ids)), torch.no_grad()(lambda: theirs(ids).logits)),
+            Work(big_names[1], lambda: generate(ours, prompt, 32), lambda: hf_generate(theirs, prompt, 32, True),
+                 lambda a, b: torch.equal(a.cpu(), b.cpu())),
+        ]
+    return [w for w in works if want(w.name)]
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float, object]:
+    """Wall-clock seconds, this process's CPU seconds (steadier on a machine shared with other work,
+    where wall time also counts the time another process held the core), and the output."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start, start_cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, time.process_time() - start_cpu, out
+
+
+def compare(work: Work, repeats: int, device: torch.device) -> tuple[float, float, bool, float, float]:
+    """Best wall seconds of each side over `repeats` interleaved runs (after one warm-up each), whether
+    the outputs agree, and the best CPU seconds of each side."""
+    outs = {"ours": work.ours(), "theirs": work.theirs()}  # warm-up: allocations, kernel choice
+    best = {"ours": float("inf"), "theirs": float("inf")}
+    best_cpu = dict(best)
+    for r in range(repeats):
+        order = ("ours", "theirs") if r % 2 == 0 else ("theirs", "ours")
+        for side in order:
+            seconds, cpu, outs[side] = timed(getattr(work, side), device)
+            best[side] = min(best[side], seconds)
+            best_cpu[side] = min(best_cpu[side], cpu)
+    agree = work.same is None or work.same(outs["ours"], outs["theirs"])
+    return best["ours"], best["theirs"], agree, best_cpu["ours"], best_cpu["theirs"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="torch CPU thread counts to run (0: leave torch's choice)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved runs per row; the best counts")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--only", nargs="+", default=None, help="run only the rows whose name contains one of these")
+    args = parser.parse_args(argv)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    failed = False
+    with tempfile.TemporaryDirectory() as tmp:
+        works = workloads(Path(tmp), device, dtype, args.only)
+        rows = {}
+        for threads in args.threads:
+            if threads:
+                torch.set_num_threads(threads)
+            for work in works:
+                gc.collect()
+                ours, theirs, agree, ours_cpu, theirs_cpu = compare(work, args.repeats, device)
+                rows[work.name, threads] = (ours, theirs, agree, ours_cpu, theirs_cpu)
+                print(f"{work.name} @ {threads or 'default'} threads: {ours / theirs:.2f} ({ours * 1e3:.1f} / "
+                      f"{theirs * 1e3:.1f} ms), CPU time {ours_cpu / theirs_cpu:.2f}"
+                      f"{'' if agree else ', tokens differ'}", file=sys.stderr, flush=True)
+                failed |= not agree
+    import transformers
+
+    label = {t: (f"{t} thread{'s' if t > 1 else ''}" if t else "default threads") for t in args.threads}
+    for title, i in (("wall-clock", 0), ("CPU", 3)):
+        print(f"companion / transformers {transformers.__version__}, {title} time on {device.type} {args.dtype}, torch "
+              f"{torch.__version__.split('+')[0]}, best of {args.repeats}, interleaved (below 1: the companion is faster)")
+        print(f"| {'work':<48} |" + "".join(f" {label[t]:>15} |" for t in args.threads) + " same tokens |")
+        print("|" + "-" * 50 + "|" + "".join("-" * 17 + "|" for _ in args.threads) + "-------------|")
+        for work in works:
+            cells = "".join(f" {rows[work.name, t][i] / rows[work.name, t][i + 1]:>15.2f} |" for t in args.threads)
+            agree = all(rows[work.name, t][2] for t in args.threads)
+            print(f"| {work.name:<48} |{cells} {('yes' if agree else 'NO') if work.same else '':>11} |")
+    print("wall seconds (companion / transformers): " + "; ".join(
+        f"{name} @{t}: {r[0] * 1e3:.1f} / {r[1] * 1e3:.1f} ms" for (name, t), r in rows.items()))
+    if failed:
+        print("greedy tokens differ between the companion and transformers", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
