@@ -235,6 +235,11 @@ def explorer(render, controls: dict, *, alt: str, start: dict | None = None, dpi
 
     names = list(values)
     drawings, data = {}, {}
+    # One layout and one style for every drawing: the page saves each widget model once, so a layout
+    # per drawing would add a few kilobytes per state for nothing.
+    from ipywidgets.widgets.widget_string import HTMLStyle
+
+    layout, style = widgets.Layout(), HTMLStyle()
     for combination in itertools.product(*(range(len(values[n])) for n in names)):
         chosen = {n: values[n][i] for n, i in zip(names, combination)}
         figure = render(**chosen)
@@ -245,7 +250,8 @@ def explorer(render, controls: dict, *, alt: str, start: dict | None = None, dpi
             raise TypeError(f"render({chosen}) returned {type(figure).__name__}; it must return a matplotlib Figure "
                             "(or a (Figure, data) pair)")
         state = ", ".join(f"{n}={v}" for n, v in chosen.items())
-        drawings[combination] = widgets.HTML(_figure_html(figure, alt.format(**chosen), state, dpi))
+        drawings[combination] = widgets.HTML(_figure_html(figure, alt.format(**chosen), state, dpi),
+                                             layout=layout, style=style)
 
     first = [values[n].index(start[n]) if n in start else 0 for n in names]
     stacks: list[list] = [[] for _ in names]

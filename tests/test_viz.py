@@ -82,6 +82,8 @@ def test_render_may_return_the_numbers_it_drew():
     ex.select(scale=3)
     assert ex.shown_data == [0, 3]
     assert "course-explorer" in ex.widget._dom_classes  # how the browser test finds it
+    leaves = ex.widget.children[-1].children
+    assert len({id(leaf.layout) for leaf in leaves}) == 1 and len({id(leaf.style) for leaf in leaves}) == 1
 
 
 def test_attention_explorer_shows_each_query_row():
