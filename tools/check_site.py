@@ -118,15 +118,10 @@ EXPLORER_SHOWN = """(root) => [...root.querySelectorAll("img[data-explorer-state
   .map((img) => img.dataset.explorerState)"""
 
 
-def parse_state(text: str) -> dict[str, str]:
-    """'layer=0, head=1' -> {'layer': '0', 'head': '1'} (the format companion.viz writes)."""
-    state = {}
-    for part in text.split(", "):
-        name, sep, value = part.partition("=")
-        if not sep:
-            raise ValueError(f"data-explorer-state {text!r} is not of the form name=value, name=value")
-        state[name] = value
-    return state
+def expected_state(controls: list[dict]) -> str:
+    """The data-explorer-state that the controls' current values name: 'layer=0, head=1', in the
+    order of the controls (the format companion.viz writes; values may hold commas and spaces)."""
+    return ", ".join(f"{c['name']}={c['value']}" for c in controls)
 
 
 def sample_positions(count: int, most: int) -> list[int]:
@@ -214,33 +209,45 @@ def broken_links(site: Path, links: list[str]) -> list[str]:
     return broken
 
 
+def launch(binary: str):
+    """Start Playwright and launch `binary` headless and offline; returns (playwright, browser)."""
+    from playwright.sync_api import sync_playwright
+
+    playwright = sync_playwright().start()
+    try:
+        return playwright, playwright.chromium.launch(executable_path=binary, args=list(CHROMIUM_FLAGS),
+                                                      headless=True, timeout=60_000)
+    except Exception:
+        playwright.stop()
+        raise
+
+
 class SiteChecker:
     """One headless Chromium, driven by Playwright, that opens pages of the built site and reports on them."""
 
-    def __init__(self, site: Path, screenshots: Path | None, binary: str, *, sample: int = 64) -> None:
-        from playwright.sync_api import sync_playwright
-
+    def __init__(self, site: Path, screenshots: Path | None, binary: str | None = None, *,
+                 browser=None, sample: int = 64) -> None:
+        """binary: the Chromium to launch; or browser: a Playwright Browser already launched (one
+        Playwright per thread, so several checkers share one), which close() leaves open."""
         self.site = site.resolve()
         self.screenshots = screenshots
         self.sample = sample  # the most values of one control that are visited (all of them up to this)
         if screenshots:
             screenshots.mkdir(parents=True, exist_ok=True)
-        self._playwright = sync_playwright().start()
-        try:
-            self.browser = self._playwright.chromium.launch(executable_path=binary, args=list(CHROMIUM_FLAGS),
-                                                            headless=True, timeout=60_000)
-            self.context = self.browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
-        except Exception:
-            self._playwright.stop()
-            raise
+        self._playwright = None
+        if browser is None:
+            self._playwright, browser = launch(binary)
+        self.browser = browser
+        self.context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
         self.context.set_default_timeout(30_000)
 
     def close(self) -> None:
-        try:
-            self.context.close()
-            self.browser.close()
-        finally:
-            self._playwright.stop()
+        self.context.close()
+        if self._playwright is not None:
+            try:
+                self.browser.close()
+            finally:
+                self._playwright.stop()
 
     def open(self, url: str, report: PageReport):
         """A new tab at url, loaded, with its console errors and network requests going into report."""
@@ -338,8 +345,8 @@ class SiteChecker:
             shown = root.evaluate(EXPLORER_SHOWN)
             moved = next(c for c in controls if c["name"] == name)
             reached = (moved["index"] == index) if index is not None else (moved["value"] == value)
-            wanted = {c["name"]: c["value"] for c in controls}
-            ok = reached and len(shown) == 1 and parse_state(shown[0]) == wanted
+            wanted = expected_state(controls)
+            ok = reached and shown == [wanted]
             if ok or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -348,7 +355,7 @@ class SiteChecker:
             where = f"position {index}" if index is not None else repr(value)
             report.explorer_failures.append(
                 f"{label}: {name} moved to {where} (control reads {moved['value']!r}), "
-                f"controls say {wanted}, visible drawing(s): {shown}")
+                f"controls say {wanted!r}, visible drawing(s): {shown}")
 
     def search(self, query: str, base: str | None = None) -> tuple[list[tuple[str, str]], list[str]]:
         """The (title, address) results that the site's own search page lists for the query, and the
