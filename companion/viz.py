@@ -271,9 +271,11 @@ def explorer(render, controls: dict, *, alt: str, start: dict | None = None, dpi
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values[name])
         if numeric:
             control = widgets.SelectionSlider(options=options, index=first[level], description=name,
-                                              continuous_update=True)
+                                              continuous_update=True, style={"description_width": "initial"})
         else:
-            control = widgets.ToggleButtons(options=options, index=first[level], description=name)
+            # Whole names on the buttons and the label: the defaults cut both to a few characters.
+            control = widgets.ToggleButtons(options=options, index=first[level], description=name,
+                                            style={"description_width": "initial", "button_width": "auto"})
         for stack in stacks[level]:
             links.append(widgets.jslink((control, "index"), (stack, "selected_index")))  # links in the page
 
