@@ -41,38 +41,32 @@ def attention_heatmap(
     return ax
 
 
-def attention_explorer(weights: Tensor, tokens: Sequence[str]):
-    """An ipywidgets explorer of (layers, heads, q_pos, k_pos) weights: pick a layer, a head and a query
-    and see which keys it attends to. Needs a live kernel to react; returns the widget."""
-    import ipywidgets as widgets
-
+def attention_explorer(weights: Tensor, tokens: Sequence[str], *, dpi: int = 72) -> "Explorer":
+    """An explorer of (layers, heads, q_pos, k_pos) weights: pick a layer, a head and a query and see
+    which keys it attends to. Every choice is drawn now, so it reacts on the static site too; a
+    control with one value (a one-layer model's layer) is left out. Its data is the bar heights."""
     weights = weights.detach().float().cpu()
     if weights.dim() != 4:
         raise ValueError(f"weights has shape {tuple(weights.shape)}; expected (layers, heads, q_pos, k_pos)")
     layers, heads, q_len, k_len = weights.shape
     if len(tokens) != k_len:
         raise ValueError(f"tokens has {len(tokens)} entries but the weights have {k_len} key positions")
-    output = widgets.Output()
-    layer = widgets.IntSlider(0, 0, layers - 1, description="layer")
-    head = widgets.IntSlider(0, 0, heads - 1, description="head")
-    query = widgets.IntSlider(q_len - 1, 0, q_len - 1, description="query")
+    controls = {"layer": list(range(layers)), "head": list(range(heads)), "query": list(range(q_len))}
+    controls = {name: options for name, options in controls.items() if len(options) > 1 or name == "query"}
 
-    def redraw(_change=None) -> None:
-        row = weights[layer.value, head.value, query.value]
-        with output:
-            output.clear_output(wait=True)
-            fig, ax = plt.subplots(figsize=(6, 2.4))
-            ax.bar(range(k_len), row, color="tab:blue")
-            ax.set_xticks(range(k_len), labels=list(tokens), rotation=90)
-            ax.set_ylabel("weight")
-            ax.set_ylim(0, 1)
-            ax.set_title(f"layer {layer.value}, head {head.value}: query {query.value} ({tokens[query.value]!r}) attends to")
-            plt.show()
+    def render(layer: int = 0, head: int = 0, query: int = 0):
+        row = weights[layer, head, query]
+        fig, ax = plt.subplots(figsize=(5.5, 2))
+        ax.bar(range(k_len), row.tolist(), color="tab:blue")
+        ax.set_xticks(range(k_len), labels=list(tokens), rotation=90, fontsize=7)
+        ax.set_ylabel("weight")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"layer {layer}, head {head}: query {query} ({tokens[query]!r}) attends to", fontsize=9)
+        return fig, row
 
-    for slider in (layer, head, query):
-        slider.observe(redraw, names="value")
-    redraw()
-    return widgets.VBox([widgets.HBox([layer, head, query]), output])
+    named = ", ".join(f"{name} {{{name}}}" for name in controls)
+    return explorer(render, controls, alt=f"Bar chart of the attention weights of {named} over the keys.",
+                    start={"query": q_len - 1}, dpi=dpi)
 
 
 def loss_curves(curves: dict[str, Sequence[float]], *, xlabel: str = "step", ylabel: str = "loss (nats/token)",
@@ -126,11 +120,14 @@ class Explorer:
     """What `explorer` returns: the widget (displayed when it is a cell's last value) and its parts.
 
     controls: name -> the control widget; values: name -> the values that control steps through;
-    select(**values) moves controls as a reader would; shown: the values whose drawing is visible.
+    select(**values) moves controls as a reader would; shown: the values whose drawing is visible;
+    shown_data: what render returned beside that drawing (when it returned a (Figure, data) pair).
     """
 
-    def __init__(self, box, controls: dict, values: dict, stacks: list, links: list, states: int):
+    def __init__(self, box, controls: dict, values: dict, stacks: list, links: list, states: int,
+                 data: dict | None = None):
         self.widget = box
+        self.data = data or {}  # state (a tuple of values, in control order) -> what render returned with it
         self.links = links  # the client-side links, one per (control, stack it drives)
         self.controls = controls
         self.values = values
@@ -160,15 +157,36 @@ class Explorer:
             stack = stack.children[stack.selected_index]
         return shown
 
+    @property
+    def shown_data(self):
+        """What render returned beside the visible drawing (None when it returned a Figure alone)."""
+        return self.data.get(tuple(self.shown.values()))
+
+
+EXPLORER_COLOURS = 64  # a palette this size keeps line and bar plots exact to the eye at a third the bytes
+
 
 def _figure_html(figure, alt: str, state: str, dpi: int) -> str:
+    """One drawing as an <img> holding a palette PNG: rendered once at `dpi` (no second pass for a
+    tight bounding box: the figure's layout engine, or tight_layout, fits it), then reduced to
+    EXPLORER_COLOURS colours, which is what keeps a page of a few dozen drawings light."""
     import base64
     import html
     import io
 
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    if figure.get_layout_engine() is None:
+        figure.tight_layout()
+    figure.set_dpi(dpi)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    pixels = Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
     plt.close(figure)
+    buffer = io.BytesIO()
+    pixels.quantize(EXPLORER_COLOURS, method=Image.Quantize.MEDIANCUT).save(buffer, format="png", optimize=True)
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
     return (f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" '
             f'data-explorer-state="{html.escape(state)}" style="max-width:100%">')
@@ -177,8 +195,9 @@ def _figure_html(figure, alt: str, state: str, dpi: int) -> str:
 def explorer(render, controls: dict, *, alt: str, start: dict | None = None, dpi: int = 72) -> Explorer:
     """An explorer that reacts in Jupyter and on the static website alike.
 
-    render(**values) draws one state and returns its matplotlib Figure; controls maps each control's
-    name to the values it steps through, e.g. {"pair": [0, 4, 16], "base": [100, 10000]}; alt is the
+    render(**values) draws one state and returns its matplotlib Figure, or a (Figure, data) pair
+    whose data (the numbers drawn) a page can check against the library (Explorer.shown_data).
+    controls maps each control's name to the values it steps through, e.g. {"pair": [0, 4, 16], "base": [100, 10000]}; alt is the
     text that describes each drawing, formatted with the values ("pair {pair}, base {base}").
     Every combination is drawn once, now (at most 64 in all, so pages stay light); numbers get a
     slider, anything else a row of buttons.
@@ -215,15 +234,24 @@ def explorer(render, controls: dict, *, alt: str, start: dict | None = None, dpi
             raise ValueError(f"start={start!r}: {name!r} must be a control and its value one of its values")
 
     names = list(values)
-    drawings = {}
+    drawings, data = {}, {}
+    # One layout and one style for every drawing: the page saves each widget model once, so a layout
+    # per drawing would add a few kilobytes per state for nothing.
+    from ipywidgets.widgets.widget_string import HTMLStyle
+
+    layout, style = widgets.Layout(), HTMLStyle()
     for combination in itertools.product(*(range(len(values[n])) for n in names)):
         chosen = {n: values[n][i] for n, i in zip(names, combination)}
         figure = render(**chosen)
+        if isinstance(figure, tuple) and len(figure) == 2:
+            figure, data[tuple(chosen.values())] = figure
         if not isinstance(figure, Figure):
             plt.close("all")
-            raise TypeError(f"render({chosen}) returned {type(figure).__name__}; it must return a matplotlib Figure")
+            raise TypeError(f"render({chosen}) returned {type(figure).__name__}; it must return a matplotlib Figure "
+                            "(or a (Figure, data) pair)")
         state = ", ".join(f"{n}={v}" for n, v in chosen.items())
-        drawings[combination] = widgets.HTML(_figure_html(figure, alt.format(**chosen), state, dpi))
+        drawings[combination] = widgets.HTML(_figure_html(figure, alt.format(**chosen), state, dpi),
+                                             layout=layout, style=style)
 
     first = [values[n].index(start[n]) if n in start else 0 for n in names]
     stacks: list[list] = [[] for _ in names]
@@ -243,9 +271,11 @@ def explorer(render, controls: dict, *, alt: str, start: dict | None = None, dpi
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values[name])
         if numeric:
             control = widgets.SelectionSlider(options=options, index=first[level], description=name,
-                                              continuous_update=True)
+                                              continuous_update=True, style={"description_width": "initial"})
         else:
-            control = widgets.ToggleButtons(options=options, index=first[level], description=name)
+            # Whole names on the buttons and the label: the defaults cut both to a few characters.
+            control = widgets.ToggleButtons(options=options, index=first[level], description=name,
+                                            style={"description_width": "initial", "button_width": "auto"})
         for stack in stacks[level]:
             links.append(widgets.jslink((control, "index"), (stack, "selected_index")))  # links in the page
 
@@ -255,8 +285,58 @@ def explorer(render, controls: dict, *, alt: str, start: dict | None = None, dpi
 
         control.observe(follow, names="index")
         widget_controls[name] = control
-    box = widgets.VBox([widgets.HBox(list(widget_controls.values())), top])
-    return Explorer(box, widget_controls, values, stacks, links, states)
+    row = widgets.HBox(list(widget_controls.values()), layout=widgets.Layout(flex_flow="row wrap"))
+    box = widgets.VBox([row, top])
+    box.add_class("course-explorer")  # how the browser test finds every explorer of a page
+    return Explorer(box, widget_controls, values, stacks, links, states, data)
+
+
+# ----- Chapter 3: the sinusoids of the original transformer ---------------------------------------
+
+
+def draw_sinusoids(axes, pair: int, base: float, d_model: int = 64, positions: int = 128) -> Tensor:
+    """Draw pair `pair`'s sine and cosine on axes[0], and PE[0] . PE[k] against k on axes[1];
+    return the pair's (positions, 2) columns of the table."""
+    from .positions import inverse_frequencies, sinusoidal_table
+
+    table = sinusoidal_table(positions, d_model, base)
+    values = table[:, 2 * pair:2 * pair + 2]
+    wavelength = 2 * math.pi / inverse_frequencies(d_model, base)[pair].item()
+    axes[0].plot(values[:, 0], label="sin (feature 2i)")
+    axes[0].plot(values[:, 1], label="cos (feature 2i+1)")
+    axes[0].set_title(f"pair {pair}, base {base:g}: wavelength {wavelength:.4g}")
+    axes[0].set_xlabel("position")
+    axes[0].set_ylim(-1.1, 1.1)
+    axes[0].legend(fontsize=8, loc="lower left")
+    axes[1].plot(table @ table[0] / (d_model // 2), label="all pairs, / (d_model/2)")
+    axes[1].plot(values[:, 1], label=f"pair {pair} alone: cos(k w)")
+    axes[1].set_title(f"PE[0] . PE[k], base {base:g}")
+    axes[1].set_xlabel("offset k (positions)")
+    axes[1].set_ylim(-1.1, 1.1)
+    axes[1].legend(fontsize=8, loc="lower left")
+    return values
+
+
+def sinusoid_explorer(d_model: int = 64, positions: int = 128,
+                      pairs: Sequence[int] = (0, 4, 8, 16, 24, 31),
+                      bases: Sequence[float] = (100, 1000, 10000, 100000), *, dpi: int = 72) -> Explorer:
+    """Chapter 3's explorer: a pair i and a base; each state shows the pair's sine and cosine and
+    the dot product of position vectors against their offset. Its data: the pair's two columns."""
+    if d_model % 2 or d_model <= 0:
+        raise ValueError(f"d_model={d_model!r} must be a positive even number (features come in pairs)")
+    bad = [i for i in pairs if not 0 <= i < d_model // 2]
+    if bad:
+        raise ValueError(f"pairs {bad} are outside 0 .. {d_model // 2 - 1} (d_model={d_model} has "
+                         f"{d_model // 2} pairs)")
+
+    def render(pair: int, base: float):
+        fig, axes = plt.subplots(1, 2, figsize=(9, 2.6))
+        return fig, draw_sinusoids(axes, pair, base, d_model, positions)
+
+    start = {"base": 10000} if 10000 in bases else None
+    return explorer(render, {"pair": list(pairs), "base": list(bases)}, start=start, dpi=dpi,
+                    alt="Left: sine and cosine of pair {pair} against position, base {base}; right: "
+                        "the dot product of position 0 with position k, all pairs and pair {pair}.")
 
 
 # ---------------------------------------------------------------------------------------------------

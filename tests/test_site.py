@@ -2,9 +2,14 @@
 
 The browser tests run on a built site named by COURSE_SITE (`make test-site` builds the book and sets it);
 the plain unit-test run skips them and runs only the fast checks of the checking code itself.
-Chromium is Debian's, installed here with apt-get when missing; where it cannot be, the browser tests
-are skipped with the reason, except under CI, where that is a failure. Screenshots of every page, in
-light and dark mode, go to the build folder (COURSE_SITE/../screenshots).
+Chromium is Debian's, installed here with apt-get when missing, and driven by Playwright through its
+executable path (Playwright never downloads a browser); where either cannot be had, the browser tests
+are skipped with the reason, except under CI (CI=true), where that is a failure. Screenshots of every
+page, in light and dark mode, go to the build folder (COURSE_SITE/../screenshots).
+
+Every explorer of every page is worked as a reader works it (tools/check_site.py: each control moved to
+each value, the drawing shown must name them); code blocks and outputs must not scroll sideways; the
+site's search must find a chapter from disk. The count of checks made is printed at the end.
 """
 from __future__ import annotations
 
@@ -19,7 +24,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
-from check_site import SiteChecker, broken_links, install_chromium, problems, toc_pages  # noqa: E402
+from check_site import (  # noqa: E402
+    SiteChecker, broken_links, expected_state, install_chromium, launch, overflow_problems, problems,
+    sample_positions, toc_pages,
+)
 from figure_alt import caption_as_alt  # noqa: E402
 from offline_assets import remote_loads  # noqa: E402
 
@@ -78,21 +86,62 @@ def test_toc_lists_the_glossary_and_references():
     assert "book/glossary" in PAGES and "book/references" in PAGES
 
 
+def test_explorer_state_is_read_back_and_long_controls_are_sampled():
+    controls = [{"name": "model", "value": "CNN (3 layers, kernel 3)"}, {"name": "cut", "value": "top-k 3"}]
+    assert expected_state(controls) == "model=CNN (3 layers, kernel 3), cut=top-k 3"
+    assert sample_positions(5, 64) == [0, 1, 2, 3, 4]
+    long = sample_positions(200, 9)
+    assert {0, 99, 199} <= set(long) and len(long) <= 10
+
+
+def test_playwright_is_a_test_dependency():
+    text = (ROOT / "pyproject.toml").read_text()
+    test_extra = text.split("test = [", 1)[1].split("]", 1)[0]
+    assert '"playwright' in test_extra
+
+
 # --- the built site in Chromium ----------------------------------------------------------------------
 
+def chromium_or_skip() -> str:
+    """Debian's Chromium and the playwright package, or a skip with the reason (a failure under CI)."""
+    def unavailable(why: str):
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI must run the browser test, but {why}")
+        pytest.skip(f"the browser test cannot run: {why}")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as error:
+        unavailable(f"the playwright package is not installed ({error}); pip install -e '.[test]'")
+    try:
+        return install_chromium()
+    except RuntimeError as error:
+        unavailable(f"Chromium is unavailable: {error}")
+
+
+CHECKS = {"pages": 0, "explorer moves": 0, "pages checked for sideways scrolling (light and dark)": 0,
+          "search queries": 0, "links": 0}
+
+
 @pytest.fixture(scope="session")
-def checker():
+def browser():
+    """One Playwright and one Chromium for the session (Playwright's sync API allows one per thread)."""
+    playwright, launched = launch(chromium_or_skip())
+    yield launched
+    try:
+        launched.close()
+    finally:
+        playwright.stop()
+
+
+@pytest.fixture(scope="session")
+def checker(browser):
     if not (SITE / "index.html").exists():
         pytest.fail(f"there is no built site at {SITE}: build it first (`make book`)")
-    try:
-        binary = install_chromium()
-    except RuntimeError as error:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the browser test, but Chromium is unavailable: {error}")
-        pytest.skip(f"Chromium is unavailable, so the browser test cannot run: {error}")
-    site_checker = SiteChecker(SITE, SITE.parent / "screenshots", binary)
+    site_checker = SiteChecker(SITE, SITE.parent / "screenshots", browser=browser)
     yield site_checker
     site_checker.close()
+    if CHECKS["pages"]:
+        print("\nbrowser checks made: " + ", ".join(f"{n} {what}" for what, n in CHECKS.items()))
 
 
 @pytest.fixture(scope="session")
@@ -102,7 +151,10 @@ def reports(checker):
 
     def get(page: str):
         if page not in cache:
-            cache[page] = checker.check(page)
+            cache[page] = report = checker.check(page)
+            CHECKS["pages"] += 1
+            CHECKS["explorer moves"] += report.explorer_checks
+            CHECKS["links"] += len(set(report.links))
         return cache[page]
     return get
 
@@ -117,7 +169,8 @@ def test_site_is_built_with_every_toc_page():
 @pytest.mark.parametrize("page", PAGES)
 def test_page_reads_offline_in_chromium(reports, page):
     """No console error, no network request, images loaded with alt text, math typeset, widgets drawn,
-    headings in order, text contrast AA in light and dark mode, and every link into the site resolving."""
+    headings in order, text contrast AA in light and dark mode, every link into the site resolving, and
+    every explorer showing the drawing its controls name after each move."""
     report = reports(page)
     found = problems(report)
     assert not found, f"{page}.html:\n  " + "\n  ".join(found)
@@ -125,9 +178,28 @@ def test_page_reads_offline_in_chromium(reports, page):
 
 
 @needs_site
+@pytest.mark.parametrize("page", [p for p in PAGES if CHAPTER.fullmatch(p) and not p.startswith("book/00")])
+def test_every_chapter_has_an_explorer_that_reacts(reports, page):
+    """Chapters 1 to 7 each have at least one explorer, and its controls were moved and checked."""
+    report = reports(page)
+    assert report.explorer_checks > 0, f"{page}.html has no explorer (companion.viz.explorer) to move"
+    assert not report.explorer_failures, "\n".join(report.explorer_failures)
+
+
+@needs_site
+@pytest.mark.parametrize("page", PAGES)
+def test_code_and_outputs_do_not_scroll_sideways(reports, page):
+    """Every code block and output fits the content column (about 88 characters), light and dark."""
+    report = reports(page)
+    CHECKS["pages checked for sideways scrolling (light and dark)"] += 1
+    found = overflow_problems(report)
+    assert not found, f"{page}.html:\n  " + "\n  ".join(found)
+
+
+@needs_site
 @pytest.mark.parametrize("page", PAGES)
 def test_widget_pages_also_show_a_static_figure(reports, page):
-    """A saved widget shows its first state only; a figure of the same content keeps the page complete."""
+    """A figure of the same content keeps the page complete where widgets cannot draw (print, no script)."""
     report = reports(page)
     if report.widget_views and not page.startswith(("exercises/", "solutions/")):
         html = (SITE / f"{page}.html").read_text()
@@ -159,6 +231,59 @@ def test_no_built_page_loads_from_the_network():
 
 
 @needs_site
-def test_search_works_offline(checker):
-    results = checker.search("attention")
-    assert results, "the site's search page found nothing for 'attention' when opened from disk"
+def test_search_finds_the_kv_cache_chapter_from_disk(checker):
+    """The site's own search, opened from disk as a reader with no server opens it: typing "KV cache"
+    lists chapter 6, and nothing logs an error (result summaries, which a file:// page cannot fetch,
+    are off: html_show_search_summary in _config.yml)."""
+    results, errors = checker.search("KV cache")
+    CHECKS["search queries"] += 1
+    pages = {Path(unquote(urlsplit(href).path)).resolve() for _, href in results}
+    assert (SITE / "book" / "06_decoding.html").resolve() in pages, f"search for 'KV cache' listed {results}"
+    assert not errors, "the search page logged:\n  " + "\n  ".join(errors)
+
+
+# --- the checks themselves fire (a browser, but no built book) ----------------------------------------
+
+WIDE_PAGE = """<!doctype html><html><head><style>
+article { width: 400px } pre { overflow-x: auto; font: 14px monospace }
+</style></head><body><article>
+<div class="cell"><div class="cell_input"><div class="highlight"><pre>{code}</pre></div></div>
+<div class="cell_output"><div class="output"><pre>short output</pre></div></div></div>
+</article></body></html>"""
+
+
+@pytest.mark.parametrize("width, wide", [(30, False), (120, True)])
+def test_sideways_scroll_check_fires_on_a_wide_cell(browser, tmp_path, width, wide):
+    (tmp_path / "index.html").write_text(WIDE_PAGE.replace("{code}", "x = " + "1" * (width - 4)))
+    checker = SiteChecker(tmp_path, None, browser=browser)
+    try:
+        report = checker.check("index")
+    finally:
+        checker.close()
+    found = overflow_problems(report)
+    assert bool(found) == wide, found
+    if wide:
+        assert len(found) == 2 and all('code' in f and '"x = 111' in f for f in found)  # light and dark
+
+
+@needs_site
+def test_explorer_check_fails_when_the_drawing_shown_is_not_the_one_named(browser, tmp_path):
+    """A copy of a built chapter whose drawings' states are swapped must fail the explorer check."""
+    page = "book/03_positions"
+    html = (SITE / f"{page}.html").read_text()
+    # In the saved widget state each drawing reads data-explorer-state=\"name=value, ...\" (JSON-escaped).
+    tokens = re.findall(r'data-explorer-state=\\"[^"\\]+\\"', html)
+    assert len(set(tokens)) > 1, f"{page}.html has no explorer to tamper with"
+    first, second = tokens[0], tokens[1]
+    swapped = html.replace(first, "\0").replace(second, first).replace("\0", second)
+    for entry in SITE.iterdir():  # the copy sees the site's files through links
+        if entry.name != "book":
+            (tmp_path / entry.name).symlink_to(entry)
+    (tmp_path / "book").mkdir()
+    (tmp_path / f"{page}.html").write_text(swapped)
+    checker = SiteChecker(tmp_path, None, browser=browser)
+    try:
+        report = checker.check(page)
+    finally:
+        checker.close()
+    assert report.explorer_checks > 0 and report.explorer_failures, report.explorer_failures

@@ -68,3 +68,52 @@ def test_render_must_return_a_figure():
         explorer(lambda scale: None, {"scale": [1]}, alt="x")
     with pytest.raises(ValueError, match="select\\(\\) got control"):
         explorer(draw([]), {"scale": [1], "shape": ["line"]}, alt="x").select(size=2)
+
+
+def test_render_may_return_the_numbers_it_drew():
+    def render(scale):
+        fig, ax = plt.subplots(figsize=(2, 1.5))
+        ax.plot([0, scale])
+        return fig, [0, scale]
+
+    ex = explorer(render, {"scale": [1, 2, 3]}, alt="scale {scale}", start={"scale": 2})
+    assert ex.data == {(1,): [0, 1], (2,): [0, 2], (3,): [0, 3]}
+    assert ex.shown_data == [0, 2]
+    ex.select(scale=3)
+    assert ex.shown_data == [0, 3]
+    assert "course-explorer" in ex.widget._dom_classes  # how the browser test finds it
+    leaves = ex.widget.children[-1].children
+    assert len({id(leaf.layout) for leaf in leaves}) == 1 and len({id(leaf.style) for leaf in leaves}) == 1
+
+
+def test_attention_explorer_shows_each_query_row():
+    import torch
+
+    from companion.viz import attention_explorer
+
+    weights = torch.rand(1, 2, 5, 5).softmax(-1)
+    ex = attention_explorer(weights, list("abcde"))
+    assert list(ex.controls) == ["head", "query"]  # a single layer gets no control
+    assert ex.states == 10 and ex.shown == {"head": 0, "query": 4}
+    ex.select(head=1, query=2)
+    assert torch.equal(ex.shown_data, weights[0, 1, 2])
+    with pytest.raises(ValueError, match="tokens has 4 entries"):
+        attention_explorer(weights, list("abcd"))
+    with pytest.raises(ValueError, match="expected \\(layers, heads, q_pos, k_pos\\)"):
+        attention_explorer(weights[0], list("abcde"))
+
+
+def test_sinusoid_explorer_draws_the_tables_columns():
+    import torch
+
+    from companion.positions import sinusoidal_table
+    from companion.viz import sinusoid_explorer
+
+    ex = sinusoid_explorer(d_model=16, positions=32, pairs=(0, 3, 7), bases=(100, 10000))
+    assert ex.states == 6 and ex.shown == {"pair": 0, "base": 10000}
+    ex.select(pair=3, base=100)
+    torch.testing.assert_close(ex.shown_data, sinusoidal_table(32, 16, 100.0)[:, 6:8])
+    with pytest.raises(ValueError, match="pairs \\[8\\] are outside 0 .. 7"):
+        sinusoid_explorer(d_model=16, pairs=(0, 8))
+    with pytest.raises(ValueError, match="d_model=15"):
+        sinusoid_explorer(d_model=15)

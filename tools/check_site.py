@@ -1,41 +1,46 @@
 """Open the built website in headless Chromium, offline, and report what a reader would see go wrong.
 
 Each page is opened from disk (file://), as a reader with no network opens it, with Chromium's host
-resolver pointed nowhere. Chromium is driven through its DevTools protocol over a pipe, so nothing but
-the Python standard library is needed. tests/test_site.py asserts on the reports; the command prints them:
+resolver pointed nowhere. Chromium is Debian's (/usr/bin/chromium, installed with apt-get when missing),
+driven by Playwright through its executable path: Playwright never downloads a browser of its own.
+tests/test_site.py asserts on the reports; the command prints them:
 
     python tools/check_site.py _build/html            # every page of _toc.yml, screenshots in _build/screenshots
+
+Besides what tools/check_site.js measures in the page (math, widgets, images and alt text, headings,
+contrast, links), every explorer (companion.viz.explorer) is worked as a reader works it: each control
+is moved to each of its values with the keyboard or the mouse, and the drawing then visible must be the
+one whose data-explorer-state names every control's value. Code blocks and outputs must not scroll
+sideways, in light and in dark mode.
 """
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 # Flags of a browser that must not touch the network: no background services, every host unresolvable.
+# (Playwright adds its own: headless, the DevTools pipe, a throw-away profile.)
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--remote-debugging-pipe",
+    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
     "--no-first-run", "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
     "--disable-sync", "--disable-quic", "--disable-extensions", "--mute-audio", "--hide-scrollbars",
-    "--host-resolver-rules=MAP * ~NOTFOUND", "--window-size=1280,900", "--force-device-scale-factor=1",
+    "--host-resolver-rules=MAP * ~NOTFOUND", "--force-device-scale-factor=1",
 )
-
+VIEWPORT = {"width": 1280, "height": 900}
 SCREENSHOT_MAX_HEIGHT = 12000  # pixels: the whole of most pages, the start of the longest
+LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
 
 
 def find_chromium() -> str | None:
@@ -64,114 +69,67 @@ def install_chromium() -> str:
     raise RuntimeError("apt-get installed chromium but no chromium binary is on PATH")
 
 
-def _above_nine(fd: int) -> int:
-    import fcntl
-    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
-    os.close(fd)
-    return moved
-
-
-class Browser:
-    """Headless Chromium and a DevTools-protocol client over --remote-debugging-pipe (fd 3 in, fd 4 out)."""
-
-    def __init__(self, binary: str) -> None:
-        self.profile = tempfile.mkdtemp(prefix="chromium-profile-")
-        to_browser_r, self._to_browser = os.pipe()
-        self._from_browser, from_browser_w = os.pipe()
-        # The child's ends move above 9 first, so that putting them on 3 and 4 overwrites neither.
-        to_browser_r, from_browser_w = (_above_nine(fd) for fd in (to_browser_r, from_browser_w))
-        # bash moves our pipe ends onto the descriptors 3 and 4 that the pipe protocol reads and writes.
-        script = f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w} {to_browser_r}<&- {from_browser_w}>&-'
-        self.process = subprocess.Popen(
-            ["bash", "-c", script, binary, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-            pass_fds=(to_browser_r, from_browser_w), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        os.close(to_browser_r)
-        os.close(from_browser_w)
-        self._next_id = 0
-        self._lock = threading.Condition()
-        self._replies: dict[int, dict] = {}
-        self.events: dict[str, list[dict]] = {}  # by session id
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        buffer = b""
-        while chunk := os.read(self._from_browser, 1 << 16):
-            buffer += chunk
-            *messages, buffer = buffer.split(b"\0")
-            for raw in messages:
-                message = json.loads(raw)
-                with self._lock:
-                    if "id" in message:
-                        self._replies[message["id"]] = message
-                    else:
-                        self.events.setdefault(message.get("sessionId", ""), []).append(message)
-                    self._lock.notify_all()
-        with self._lock:
-            self._lock.notify_all()
-
-    def send(self, method: str, params: dict | None = None, session: str | None = None,
-             timeout: float = 60) -> dict:
-        with self._lock:
-            self._next_id += 1
-            ident = self._next_id
-        message = {"id": ident, "method": method, "params": params or {}}
-        if session:
-            message["sessionId"] = session
-        os.write(self._to_browser, json.dumps(message).encode() + b"\0")
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while ident not in self._replies:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"Chromium exited with code {self.process.returncode} during {method}")
-                if not self._lock.wait(timeout=max(0.0, min(1.0, deadline - time.monotonic()))) \
-                        and time.monotonic() > deadline:
-                    raise TimeoutError(f"no reply to {method} within {timeout} s")
-            reply = self._replies.pop(ident)
-        if "error" in reply:
-            raise RuntimeError(f"{method} failed: {reply['error']}")
-        return reply.get("result", {})
-
-    def wait_event(self, session: str, method: str, timeout: float) -> dict | None:
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while True:
-                for event in self.events.get(session, []):
-                    if event["method"] == method:
-                        return event
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._lock.wait(timeout=min(remaining, 0.5))
-
-    def evaluate(self, session: str, expression: str, timeout: float = 30):
-        result = self.send("Runtime.evaluate", {"expression": expression, "awaitPromise": True,
-                                                "returnByValue": True, "timeout": int(timeout * 1000)},
-                           session, timeout=timeout + 5)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"script failed in the page: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def close(self) -> None:
-        try:
-            self.send("Browser.close", timeout=10)
-        except (RuntimeError, TimeoutError, OSError):
-            pass
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        for fd in (self._to_browser, self._from_browser):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        shutil.rmtree(self.profile, ignore_errors=True)
-
 
 # Runs in the page once it has loaded: waits for MathJax and the widgets, then measures what was drawn.
 PAGE_PROBE = (Path(__file__).with_name("check_site.js")).read_text()
+
+# Code blocks and outputs whose content is wider than the box that shows it (a sideways scroll bar).
+# The colour mode is set first: light and dark mode differ in fonts' fallbacks and in borders.
+OVERFLOW_PROBE = """(mode) => {
+  document.documentElement.dataset.theme = mode;
+  document.documentElement.dataset.mode = mode;
+  const found = [];
+  const boxes = document.querySelectorAll(
+    "div.highlight pre, .cell_output pre, .cell_output > .output, .cell_output .widget-subarea, pre.literal-block");
+  for (const el of boxes) {
+    if (!el.getClientRects().length || el.clientWidth === 0) continue;
+    if (el.scrollWidth <= el.clientWidth + 1) continue;
+    const cell = el.closest(".cell");
+    const code = cell && cell.querySelector(".cell_input pre");
+    const where = code ? `the cell starting "${code.textContent.trim().split("\\n")[0].slice(0, 60)}"`
+                       : `"${el.textContent.trim().split("\\n")[0].slice(0, 60)}"`;
+    const kind = el.closest(".cell_input") ? "code" : el.closest(".cell_output") ? "output" : "block";
+    found.push(`${kind} ${el.scrollWidth}px wide in a ${el.clientWidth}px box: ${where}`);
+  }
+  return found;
+}"""
+
+# The controls of one explorer as the page shows them: name (the description), kind, current value
+# (a slider's readout, the pressed button) and, for buttons, every option.
+EXPLORER_CONTROLS = """(root) => [...root.querySelectorAll(".widget-slider, .widget-toggle-buttons")].map((c) => {
+  const slider = c.classList.contains("widget-slider");
+  const handle = slider && c.querySelector(".noUi-handle");
+  const pressed = c.querySelector(".widget-toggle-button.mod-active");
+  return {
+    name: (c.querySelector(".widget-label") || {textContent: ""}).textContent.trim(),
+    kind: slider ? "slider" : "buttons",
+    value: slider ? c.querySelector(".widget-readout").textContent.trim()
+                  : (pressed ? pressed.textContent.trim() : null),
+    index: slider ? Number(handle.getAttribute("aria-valuenow")) : null,
+    count: slider ? Number(handle.getAttribute("aria-valuemax")) - Number(handle.getAttribute("aria-valuemin")) + 1
+                  : c.querySelectorAll(".widget-toggle-button").length,
+    options: slider ? null : [...c.querySelectorAll(".widget-toggle-button")].map((b) => b.textContent.trim()),
+  };
+})"""
+
+# The data-explorer-state of every drawing of the explorer that a reader can see now.
+EXPLORER_SHOWN = """(root) => [...root.querySelectorAll("img[data-explorer-state]")]
+  .filter((img) => img.getClientRects().length && img.getBoundingClientRect().height > 0)
+  .map((img) => img.dataset.explorerState)"""
+
+
+def expected_state(controls: list[dict]) -> str:
+    """The data-explorer-state that the controls' current values name: 'layer=0, head=1', in the
+    order of the controls (the format companion.viz writes; values may hold commas and spaces)."""
+    return ", ".join(f"{c['name']}={c['value']}" for c in controls)
+
+
+def sample_positions(count: int, most: int) -> list[int]:
+    """Every position of a control with at most `most` values; else first, last, middle and an even spread."""
+    if count <= most:
+        return list(range(count))
+    spread = {round(i * (count - 1) / (most - 1)) for i in range(most)}
+    return sorted(spread | {0, count - 1, (count - 1) // 2})
 
 
 @dataclass
@@ -193,6 +151,9 @@ class PageReport:
     links: list[str] = field(default_factory=list)  # every href, resolved by the browser
     article_links: list[str] = field(default_factory=list)  # those in the page's own text
     broken_links: list[str] = field(default_factory=list)
+    overflow: dict[str, list[str]] = field(default_factory=dict)  # mode -> boxes that scroll sideways
+    explorer_checks: int = 0  # control moves checked against the drawing shown
+    explorer_failures: list[str] = field(default_factory=list)
     screenshots: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -248,96 +209,172 @@ def broken_links(site: Path, links: list[str]) -> list[str]:
     return broken
 
 
+def launch(binary: str):
+    """Start Playwright and launch `binary` headless and offline; returns (playwright, browser)."""
+    from playwright.sync_api import sync_playwright
+
+    playwright = sync_playwright().start()
+    try:
+        return playwright, playwright.chromium.launch(executable_path=binary, args=list(CHROMIUM_FLAGS),
+                                                      headless=True, timeout=60_000)
+    except Exception:
+        playwright.stop()
+        raise
+
+
 class SiteChecker:
-    def __init__(self, site: Path, screenshots: Path | None, binary: str) -> None:
+    """One headless Chromium, driven by Playwright, that opens pages of the built site and reports on them."""
+
+    def __init__(self, site: Path, screenshots: Path | None, binary: str | None = None, *,
+                 browser=None, sample: int = 64) -> None:
+        """binary: the Chromium to launch; or browser: a Playwright Browser already launched (one
+        Playwright per thread, so several checkers share one), which close() leaves open."""
         self.site = site.resolve()
         self.screenshots = screenshots
+        self.sample = sample  # the most values of one control that are visited (all of them up to this)
         if screenshots:
             screenshots.mkdir(parents=True, exist_ok=True)
-        self.browser = Browser(binary)
+        self._playwright = None
+        if browser is None:
+            self._playwright, browser = launch(binary)
+        self.browser = browser
+        self.context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
+        self.context.set_default_timeout(30_000)
 
     def close(self) -> None:
-        self.browser.close()
+        self.context.close()
+        if self._playwright is not None:
+            try:
+                self.browser.close()
+            finally:
+                self._playwright.stop()
 
-    def open(self, url: str, load_timeout: float = 30) -> tuple[str, str]:
-        target = self.browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = self.browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        for domain in ("Page", "Runtime", "Log", "Network"):
-            self.browser.send(f"{domain}.enable", session=session)
-        self.browser.send("Page.navigate", {"url": url}, session)
-        if self.browser.wait_event(session, "Page.loadEventFired", load_timeout) is None:
-            raise TimeoutError(f"{url} did not finish loading in {load_timeout} s")
-        return target, session
+    def open(self, url: str, report: PageReport):
+        """A new tab at url, loaded, with its console errors and network requests going into report."""
+        page = self.context.new_page()
 
-    def check(self, page: str) -> PageReport:
+        def on_console(message) -> None:
+            if message.type in ("error", "assert"):
+                where = message.location.get("url", "") if message.location else ""
+                report.console_errors.append(f"console.{message.type}: {message.text[:300]} {where}".strip())
+
+        def on_request(request) -> None:
+            if not request.url.startswith(LOCAL_SCHEMES):
+                report.network_requests.append(request.url)
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda error: report.console_errors.append(f"uncaught: {str(error)[:300]}"))
+        page.on("request", on_request)
+        page.on("requestfailed", lambda request: report.failed_loads.append(
+            f"{request.resource_type}: {request.failure} {request.url[:120]}"))
+        page.goto(url, wait_until="load")
+        return page
+
+    def check(self, page_name: str, *, explorers: bool = True) -> PageReport:
         start = time.perf_counter()
-        report = PageReport(page)
-        path = self.site / f"{page}.html"
+        report = PageReport(page_name)
+        path = self.site / f"{page_name}.html"
         if not path.exists():
             report.broken_links.append(f"{path} (the page of a _toc.yml entry was not built)")
             return report
-        target, session = self.open(path.as_uri())
+        page = self.open(path.as_uri(), report)
         try:
-            probe = self.browser.evaluate(session, PAGE_PROBE, timeout=60)
+            probe = page.evaluate(PAGE_PROBE)
             for key in ("broken_images", "images_without_alt", "widget_images_without_alt", "math_total",
                         "math_untypeset", "math_errors", "widget_views", "widgets_unrendered",
                         "heading_problems", "contrast_problems", "links", "article_links"):
                 setattr(report, key, probe[key])
-            if self.screenshots:
-                for mode in ("light", "dark"):
-                    self.browser.evaluate(session, f"window.__courseSetMode({json.dumps(mode)})")
-                    height = min(self.browser.evaluate(session, "document.documentElement.scrollHeight"),
-                                 SCREENSHOT_MAX_HEIGHT)
-                    shot = self.browser.send("Page.captureScreenshot", {
-                        "format": "png", "captureBeyondViewport": True,
-                        "clip": {"x": 0, "y": 0, "width": 1280, "height": height, "scale": 1}}, session)["data"]
-                    out = self.screenshots / f"{page.replace('/', '__')}.{mode}.png"
-                    out.write_bytes(base64.b64decode(shot))
+            for mode in ("light", "dark"):
+                found = page.evaluate(OVERFLOW_PROBE, mode)
+                if found:
+                    report.overflow[mode] = found
+                if self.screenshots:
+                    height = min(page.evaluate("document.documentElement.scrollHeight"), SCREENSHOT_MAX_HEIGHT)
+                    out = self.screenshots / f"{page_name.replace('/', '__')}.{mode}.png"
+                    page.screenshot(path=str(out), full_page=True, animations="disabled",
+                                    clip={"x": 0, "y": 0, "width": VIEWPORT["width"], "height": height})
                     report.screenshots.append(str(out))
-            time.sleep(0.2)  # let late console messages arrive
-            self._collect_events(session, report)
+            page.evaluate("window.__courseSetMode('light')")
+            if explorers:
+                self.work_explorers(page, report)
+            page.wait_for_timeout(200)  # let late console messages arrive
         finally:
-            self.browser.send("Target.closeTarget", {"targetId": target})
-            self.browser.events.pop(session, None)
+            page.close()
         report.broken_links = broken_links(self.site, report.links)
         report.seconds = time.perf_counter() - start
         return report
 
-    def _collect_events(self, session: str, report: PageReport) -> None:
-        for event in list(self.browser.events.get(session, [])):
-            method, params = event["method"], event.get("params", {})
-            if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-                text = " ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", []))
-                report.console_errors.append(f"console.{params['type']}: {text[:300]}")
-            elif method == "Runtime.exceptionThrown":
-                details = params.get("exceptionDetails", {})
-                text = details.get("exception", {}).get("description") or details.get("text", "")
-                report.console_errors.append(f"uncaught: {text[:300]}")
-            elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
-                entry = params["entry"]
-                report.console_errors.append(f"{entry.get('source')}: {entry.get('text', '')[:200]} "
-                                             f"{entry.get('url', '')}".strip())
-            elif method == "Network.requestWillBeSent":
-                url = params["request"]["url"]
-                if not url.startswith(("file:", "data:", "blob:", "about:")):
-                    report.network_requests.append(url)
-            elif method == "Network.loadingFailed" and not params.get("canceled"):
-                report.failed_loads.append(f"{params.get('type', '')}: {params.get('errorText', '')}")
+    def work_explorers(self, page, report: PageReport) -> None:
+        """Move every control of every explorer to each of its values (a spread of them past `sample`),
+        as a reader does (arrow keys on a slider, a click on a button); after each move the visible
+        drawing must be the one whose data-explorer-state names the value of every control."""
+        roots = page.locator(".course-explorer")
+        for number in range(roots.count()):
+            root = roots.nth(number)
+            root.scroll_into_view_if_needed()
+            controls = root.evaluate(EXPLORER_CONTROLS)
+            label = f"explorer {number + 1} ({', '.join(c['name'] for c in controls)})"
+            if not controls:
+                report.explorer_failures.append(f"{label}: no control was drawn")
+                continue
+            for position, control in enumerate(controls):
+                name = control["name"]
+                box = root.locator(".widget-slider, .widget-toggle-buttons").nth(position)
+                if control["kind"] == "slider":
+                    handle = box.locator(".noUi-handle")
+                    handle.focus()
+                    targets = sample_positions(control["count"], self.sample)
+                    for target in targets:
+                        now = root.evaluate(EXPLORER_CONTROLS)[position]["index"]
+                        key = "ArrowRight" if target > now else "ArrowLeft"
+                        for _ in range(abs(target - now)):
+                            handle.press(key)
+                        self._expect(root, report, label, name, index=target)
+                else:
+                    for option in control["options"]:
+                        box.locator(".widget-toggle-button", has_text=option).first.click()
+                        self._expect(root, report, label, name, value=option)
 
-    def search(self, query: str) -> list[str]:
-        """The result titles that the site's own search page lists for the query."""
-        target, session = self.open((self.site / "search.html").as_uri() + f"?q={query}")
+    def _expect(self, root, report: PageReport, label: str, name: str, *, index: int | None = None,
+                value: str | None = None, timeout: float = 5.0) -> None:
+        """Wait until control `name` sits at index/value and one drawing is visible whose state names
+        every control's value; record one check, and a failure if that does not happen in time."""
+        deadline = time.monotonic() + timeout
+        while True:
+            controls = root.evaluate(EXPLORER_CONTROLS)
+            shown = root.evaluate(EXPLORER_SHOWN)
+            moved = next(c for c in controls if c["name"] == name)
+            reached = (moved["index"] == index) if index is not None else (moved["value"] == value)
+            wanted = expected_state(controls)
+            ok = reached and shown == [wanted]
+            if ok or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        report.explorer_checks += 1
+        if not ok:
+            where = f"position {index}" if index is not None else repr(value)
+            report.explorer_failures.append(
+                f"{label}: {name} moved to {where} (control reads {moved['value']!r}), "
+                f"controls say {wanted!r}, visible drawing(s): {shown}")
+
+    def search(self, query: str, base: str | None = None) -> tuple[list[tuple[str, str]], list[str]]:
+        """The (title, address) results that the site's own search page lists for the query, and the
+        console errors it logged. base: the site's address (default: the built folder, from disk)."""
+        report = PageReport("search")
+        url = (base.rstrip("/") if base else self.site.as_uri()) + f"/search.html?q={quote(query)}"
+        page = self.open(url, report)
         try:
-            return self.browser.evaluate(session, """(async () => {
-                for (let i = 0; i < 100; i++) {
-                  const done = document.querySelector('#search-results p.search-summary, .search-summary');
-                  if (done && done.textContent.trim()) break;
-                  await new Promise(r => setTimeout(r, 100));
-                }
-                return [...document.querySelectorAll('#search-results ul.search li a')].map(a => a.textContent.trim());
-            })()""")
+            page.wait_for_function("""() => {
+                const summary = document.querySelector("#search-results .search-summary, .search-summary");
+                return summary && summary.textContent.trim() && !/Searching|Preparing/.test(summary.textContent);
+            }""", timeout=20_000)
+            results = page.eval_on_selector_all("#search-results ul.search li a",
+                                                "links => links.map((a) => [a.textContent.trim(), a.href])")
+            page.wait_for_timeout(300)
         finally:
-            self.browser.send("Target.closeTarget", {"targetId": target})
+            page.close()
+        return [tuple(r) for r in results], report.console_errors + [
+            f"network request: {u}" for u in report.network_requests]
 
 
 def problems(report: PageReport) -> list[str]:
@@ -355,7 +392,13 @@ def problems(report: PageReport) -> list[str]:
     for mode, items in report.contrast_problems.items():
         out += [f"low contrast ({mode} mode): {c}" for c in items]
     out += [f"broken link: {b}" for b in report.broken_links]
+    out += [f"explorer: {f}" for f in report.explorer_failures]
     return out
+
+
+def overflow_problems(report: PageReport) -> list[str]:
+    """Code blocks and outputs that scroll sideways, per colour mode (a separate check: see issue 17)."""
+    return [f"scrolls sideways ({mode} mode): {item}" for mode, items in report.overflow.items() for item in items]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,8 +415,10 @@ def main(argv: list[str] | None = None) -> int:
             report = checker.check(page)
             found = problems(report)
             failed += bool(found)
+            found += overflow_problems(report)
             print(f"{'FAIL' if found else 'ok  '} {page} ({report.seconds:.1f} s, {report.math_total} math, "
-                  f"{report.widget_views} widgets, {len(report.links)} links)", flush=True)
+                  f"{report.widget_views} widgets, {report.explorer_checks} explorer moves, "
+                  f"{len(report.links)} links)", flush=True)
             if report.widget_images_without_alt:
                 print(f"     exception: {report.widget_images_without_alt} image(s) drawn by widgets have no alt text")
             for line in found:
