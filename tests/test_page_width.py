@@ -24,14 +24,11 @@ NOTEBOOKS = sorted((ROOT / "solutions").glob("*.ipynb")) + sorted((ROOT / "exerc
 # Chapter 3's explorer cells (draw_sinusoids, sinusoid_explorer) are being rewritten on the
 # `explorers` branch, which fits them; until it lands they are the page's only wide lines. Strict:
 # once they fit, this marker fails the test, so it is removed with them.
-NOT_YET = {"03_positions.md": "chapter 3's explorer cells wait for the explorers branch"}
 
 
 def cases():
     for path in PAGES + NOTEBOOKS:
-        reason = NOT_YET.get(path.name) if path.parent.name == "book" else None
-        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-        yield pytest.param(path, marks=marks, id=f"{path.parent.name}/{path.name}")
+        yield pytest.param(path, id=f"{path.parent.name}/{path.name}")
 
 
 def output_text(output: nbformat.NotebookNode) -> str:
