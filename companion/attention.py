@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import threading
 from typing import Iterator, Protocol
 
 import torch
@@ -15,10 +14,12 @@ import torch.nn.functional as F
 from einops import einsum, rearrange, repeat
 from torch import Tensor, nn
 
+from .device import ThreadSwitch
+
 
 # ---------------------------------------------------------------- dropout, switched off per thread
 
-_dropout_switch = threading.local()
+_dropout_switch = ThreadSwitch()
 
 
 @contextlib.contextmanager
@@ -30,17 +31,13 @@ def no_dropout() -> Iterator[None]:
     or one a half-consumed `stream` still holds, keeps its own mode, and another thread training it
     keeps its dropout. Like `torch.no_grad()`, it nests and is undone on exit.
     """
-    depth = getattr(_dropout_switch, "depth", 0)
-    _dropout_switch.depth = depth + 1
-    try:
+    with _dropout_switch():
         yield
-    finally:
-        _dropout_switch.depth = depth
 
 
 def dropout_active(module: nn.Module) -> bool:
     """True when `module` should drop: it is in training mode and this thread is not inside `no_dropout()`."""
-    return module.training and not getattr(_dropout_switch, "depth", 0)
+    return module.training and not _dropout_switch.on
 
 
 class Dropout(nn.Dropout):

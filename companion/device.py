@@ -69,7 +69,31 @@ def compute_dtype(device: torch.device | str, default: torch.dtype = torch.float
 
 # ---------------------------------------------------------------- checks that read tensor values
 
-_trusted = threading.local()
+class ThreadSwitch:
+    """A switch that is on inside `with switch():` blocks, in the thread that entered them only.
+
+    Blocks nest (the switch is on until the outermost one exits) and are undone on exit, like
+    `torch.no_grad()`. `attention.no_dropout` and `values_trusted` below are two such switches.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @property
+    def on(self) -> bool:
+        return getattr(self._local, "depth", 0) > 0
+
+    @contextlib.contextmanager
+    def __call__(self):
+        depth = getattr(self._local, "depth", 0)
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth = depth
+
+
+_trusted = ThreadSwitch()
 
 
 @contextlib.contextmanager
@@ -81,12 +105,8 @@ def values_trusted():
     itself, always inside the vocabulary, so it decodes inside this block: no sync per step. Shape
     checks still run; they read no values.
     """
-    depth = getattr(_trusted, "depth", 0)
-    _trusted.depth = depth + 1
-    try:
+    with _trusted():
         yield
-    finally:
-        _trusted.depth = depth
 
 
 def check_values() -> bool:
@@ -95,7 +115,7 @@ def check_values() -> bool:
     Compiled code skips them (they would break the graph, and a compiled model is a checked one in
     production); call the model once eagerly to get the clear error for bad input.
     """
-    return not torch.compiler.is_compiling() and not getattr(_trusted, "depth", 0)
+    return not torch.compiler.is_compiling() and not _trusted.on
 
 
 def seed_everything(seed: int = 0) -> torch.Generator:
