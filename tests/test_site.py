@@ -122,9 +122,12 @@ CHECKS = {"pages": 0, "explorer moves": 0, "pages checked for sideways scrolling
           "search queries": 0, "links": 0}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """One Playwright and one Chromium for the session (Playwright's sync API allows one per thread)."""
+    """One Playwright and one Chromium for this file (Playwright's sync API allows one per thread).
+
+    Stopped when the file's tests end: while it runs, the thread has a running asyncio loop, which
+    would break any later test that calls asyncio.run()."""
     playwright, launched = launch(chromium_or_skip())
     yield launched
     try:
@@ -133,7 +136,7 @@ def browser():
         playwright.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def checker(browser):
     if not (SITE / "index.html").exists():
         pytest.fail(f"there is no built site at {SITE}: build it first (`make book`)")
@@ -144,7 +147,7 @@ def checker(browser):
         print("\nbrowser checks made: " + ", ".join(f"{n} {what}" for what, n in CHECKS.items()))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def reports(checker):
     """Each page is opened once; the tests below read its report."""
     cache = {}

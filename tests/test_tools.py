@@ -5,6 +5,8 @@ that the message names what was stuck.
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import subprocess
 import sys
 import time
@@ -20,6 +22,12 @@ sys.path.insert(0, str(ROOT / "tools"))
 import run_notebooks  # noqa: E402
 import tree_guard  # noqa: E402
 import with_limit  # noqa: E402
+
+
+def run_in_own_loop(coroutine):
+    """asyncio.run() on a thread of its own, so a loop another test left running here cannot stop it."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result(timeout=60)
 
 
 def write_notebook(path: Path, *sources: str) -> Path:
@@ -115,7 +123,6 @@ def test_tree_guard_names_what_a_run_wrote(repo, capsys, mischief, named):
 
 
 def test_polling_in_slices_recovers_a_missed_wake_up_and_keeps_the_timeout():
-    import asyncio
     from queue import Empty
 
     class Channel:  # a socket whose first wait misses its wake-up: it sleeps the whole timeout
@@ -138,13 +145,13 @@ def test_polling_in_slices_recovers_a_missed_wake_up_and_keeps_the_timeout():
     missed = Channel()
     missed.silent = False
     run_notebooks.poll_in_slices(missed)
-    reply, waited = asyncio.run(timed(missed, 600))
+    reply, waited = run_in_own_loop(timed(missed, 600))
     assert reply == {"msg": "reply"} and waited < 5  # not the 600 s the single long poll would sleep
 
     silent = Channel()
     silent.silent = True
     run_notebooks.poll_in_slices(silent)
-    reply, waited = asyncio.run(timed(silent, 2.5))
+    reply, waited = run_in_own_loop(timed(silent, 2.5))
     assert reply == "empty" and 2.4 < waited < 10  # the overall timeout still holds
 
 
