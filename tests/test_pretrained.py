@@ -72,15 +72,19 @@ def test_gpt2_logits_match_transformers(gpt2):
     assert difference < TOLERANCE
 
 
-def test_gpt2_greedy_tokens_match_transformers_with_and_without_cache(gpt2):
-    reference, directory = gpt2
+def assert_greedy_matches(reference, directory, new_tokens: int) -> None:
+    """The loaded model's greedy tokens, with and without the cache, equal transformers' generate."""
     model = load_pretrained(directory)
     prompt = _ids(reference.config.vocab_size, (1, 5), seed=1)
     with torch.no_grad():
-        expected = reference.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=0)
-    assert expected.shape == (1, 17)
-    assert torch.equal(generate(model, prompt, 12, use_cache=True), expected)
-    assert torch.equal(generate(model, prompt, 12, use_cache=False), expected)
+        expected = reference.generate(prompt, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    assert expected.shape == (1, 5 + new_tokens)
+    assert torch.equal(generate(model, prompt, new_tokens, use_cache=True), expected)
+    assert torch.equal(generate(model, prompt, new_tokens, use_cache=False), expected)
+
+
+def test_gpt2_greedy_tokens_match_transformers_with_and_without_cache(gpt2):
+    assert_greedy_matches(*gpt2, new_tokens=12)
 
 
 @pytest.mark.parametrize("gpt2", ["gpt2-small"], indirect=True)
@@ -198,14 +202,7 @@ def test_llama_logits_match_transformers(llama):
 
 
 def test_llama_greedy_tokens_match_transformers_with_and_without_cache(llama):
-    reference, directory = llama
-    model = load_pretrained(directory)
-    prompt = _ids(reference.config.vocab_size, (1, 5), seed=1)
-    with torch.no_grad():
-        expected = reference.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=0)
-    assert expected.shape == (1, 25)
-    assert torch.equal(generate(model, prompt, 20, use_cache=True), expected)
-    assert torch.equal(generate(model, prompt, 20, use_cache=False), expected)
+    assert_greedy_matches(*llama, new_tokens=20)
 
 
 def test_llama_rope_theta_is_read(tmp_path):

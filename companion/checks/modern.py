@@ -289,15 +289,6 @@ def _encode_leftmost(piece: bytes, merges) -> list[int]:
             return ids
 
 
-def _encode_latest_first(piece: bytes, merges) -> list[int]:
-    ids = list(piece)
-    while len(ids) >= 2:
-        present = [p for p in zip(ids, ids[1:]) if p in merges]
-        if not present:
-            break
-        pair = max(present, key=merges.get)
-        ids = merge(ids, pair, merges[pair])
-    return ids
 
 
 def _encode_one_pass(piece: bytes, merges) -> list[int]:
@@ -334,7 +325,7 @@ def check_bpe_encode(fn) -> bool:
                 "you merged the leftmost pair that has a merge; merge the pair learnt first (the smallest new "
                 "id) wherever it is": _encode_leftmost(data, merges),
                 "you merged the pair learnt last first; the earliest merge (smallest new id) goes first, as in "
-                "training": _encode_latest_first(data, merges),
+                "training": _encode_loop_from(data, merges, pick=max),
                 "you applied only one merge; repeat until no adjacent pair has a merge": _encode_one_pass(data, merges),
             }
             matches = [hint for hint, wrong_ids in wrong.items() if wrong_ids is not None and got == wrong_ids]
@@ -345,11 +336,14 @@ def check_bpe_encode(fn) -> bool:
     return c.passed
 
 
-def _encode_loop_from(ids: list[int], merges) -> list[int]:
+def _encode_loop_from(ids: list[int], merges, pick=min) -> list[int]:
+    """The encode loop from `ids`: apply the merge `pick` chooses (min: the earliest learnt) until
+    none applies. pick=max is the mistake of replaying merges latest first."""
+    ids = list(ids)
     while len(ids) >= 2:
         present = [p for p in zip(ids, ids[1:]) if p in merges]
         if not present:
             break
-        pair = min(present, key=merges.get)
+        pair = pick(present, key=merges.get)
         ids = merge(ids, pair, merges[pair])
     return ids
