@@ -277,8 +277,14 @@ def test_explorer_check_fails_when_the_drawing_shown_is_not_the_one_named(browse
     # In the saved widget state each drawing reads data-explorer-state=\"name=value, ...\" (JSON-escaped).
     tokens = re.findall(r'data-explorer-state=\\"[^"\\]+\\"', html)
     assert len(set(tokens)) > 1, f"{page}.html has no explorer to tamper with"
-    first, second = tokens[0], tokens[1]
-    swapped = html.replace(first, "\0").replace(second, first).replace("\0", second)
+    # Every drawing takes the next one's label (the state's order in the file is not the order the
+    # controls visit), so whichever state the check reaches, what it shows is not what it names.
+    states = list(dict.fromkeys(tokens))
+    swapped = html
+    for i, state in enumerate(states):
+        swapped = swapped.replace(state, f"\0{i}\0")
+    for i in range(len(states)):
+        swapped = swapped.replace(f"\0{i}\0", states[(i + 1) % len(states)])
     for entry in SITE.iterdir():  # the copy sees the site's files through links
         if entry.name != "book":
             (tmp_path / entry.name).symlink_to(entry)
