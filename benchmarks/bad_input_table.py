@@ -64,7 +64,7 @@ def behaviours() -> dict[str, str]:
         "8 threads decode with one training model": lambda: t.test_threads_sharing_a_training_model_decode_as_in_eval_mode_and_leave_it_training(None),
         "dropout stays on in a training thread": t.test_dropout_keeps_working_in_a_thread_that_trains_while_another_decodes,
         "a half-consumed stream": t.test_a_half_consumed_stream_leaves_the_model_as_it_found_it,
-        "greedy_decode with a training model": t.test_greedy_decode_leaves_a_training_model_training,
+        "seq2seq generate with a training model": t.test_seq2seq_generate_leaves_a_training_model_training,
         "padding when batch == seq": t.test_padding_means_the_same_when_batch_equals_sequence_length,
         "infinite gradients leave the weights": t.test_infinite_gradients_leave_the_weights_untouched,
     }

@@ -154,15 +154,30 @@ class SwiGLU(nn.Module):
         return self.w2(self.dropout(nn.functional.silu(self.w1(x)) * self.w3(x)))
 
 
-class Residual(nn.Module):
-    """Wrap a sub-layer F with a residual connection and a norm.
+def residual(x: Tensor, sublayer: Callable[[Tensor], Tensor], norm: nn.Module, placement: str = "pre", *,
+             skip: bool = True) -> Tensor:
+    """One sub-layer on the residual stream, with its norm where `placement` says:
 
-    norm="pre":  x + dropout(F(LN(x)))   (GPT-2 and most modern models)
-    norm="post": LN(x + dropout(F(x)))   (Vaswani et al. 2017, BERT)
+    "pre":  x + sublayer(norm(x))   (GPT-2 and most modern models)
+    "post": norm(x + sublayer(x))   (Vaswani et al. 2017, BERT)
+    ("none" passes nn.Identity() as the norm.) skip=False drops the "x +" and leaves the norm where it
+    was, so chapter 4 can measure what the skip connection does. `Residual` and the models' blocks
+    both add their sub-layers with this one function.
+    """
+    keep = x if skip else 0.0
+    if placement == "pre":
+        return keep + sublayer(norm(x))
+    return norm(keep + sublayer(x))
+
+
+class Residual(nn.Module):
+    """A sub-layer F wrapped with its residual connection, norm and dropout, as one module (chapter 4):
+
+    norm="pre":  x + dropout(F(LN(x)))
+    norm="post": LN(x + dropout(F(x)))
     norm="none": x + dropout(F(x))       (no norm at all, for comparison)
-    skip=False drops the "x +" and leaves the norm where it was, so chapter 4 can measure what the
-    skip connection does: F(LN(x)) for pre, LN(F(x)) for post.
     norm_type="rms" puts an RMSNorm where LN stands (Llama); "layer", the default, is LayerNorm.
+    The models' blocks hold each sub-layer and its norm side by side instead (`models.EncoderBlock`).
     """
 
     def __init__(
@@ -180,10 +195,8 @@ class Residual(nn.Module):
         self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
-        keep = x if self.skip else 0.0
-        if self.placement == "pre":
-            return keep + self.dropout(self.sublayer(self.norm(x), *args, **kwargs))
-        return self.norm(keep + self.dropout(self.sublayer(x, *args, **kwargs)))
+        return residual(x, lambda h: self.dropout(self.sublayer(h, *args, **kwargs)), self.norm, self.placement,
+                        skip=self.skip)
 
 
 def residual_stack(

@@ -1,5 +1,4 @@
-"""Encoder and decoder blocks and the models built from them, plus `build_model`, `count_parameters`
-and `greedy_decode`.
+"""Encoder and decoder blocks and the models built from them, plus `build_model` and `count_parameters`.
 
 Chapter 5 (assembling the transformer) explains them; every other chapter uses them.
 """
@@ -9,13 +8,12 @@ import math
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import Dropout, KVCacheLayer, MultiHeadAttention, no_dropout, padding_mask
+from .attention import Dropout, KVCacheLayer, MultiHeadAttention, padding_mask
 from .config import TransformerConfig
 from .device import check_values
-from .layers import ACTIVATIONS, GATED, FeedForward, LayerNorm, Residual, SwiGLU, make_norm
+from .layers import ACTIVATIONS, GATED, FeedForward, LayerNorm, SwiGLU, make_norm, residual
 from .positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions
 
 
@@ -111,40 +109,64 @@ def _attention(config: TransformerConfig) -> MultiHeadAttention:
 
 
 def _feed_forward(config: TransformerConfig) -> nn.Module:
-    # No dropout inside the block (none in the paper, BERT or GPT-2): its output is dropped by _residual.
+    # No dropout inside the block (none in the paper, BERT or GPT-2): its output is dropped by the block.
     if config.activation in GATED:
         return SwiGLU(config.d_model, config.ff_width, 0.0, config.bias)
     return FeedForward(config.d_model, config.ff_width, config.activation, dropout=0.0, bias=config.bias)
 
 
-def _residual(sublayer: nn.Module, config: TransformerConfig) -> Residual:
-    # Residual dropout: on each sub-layer's output, before the add (and, post-LN, the norm), P = config.dropout.
-    return Residual(sublayer, config.d_model, config.norm, config.dropout, config.layer_norm_eps,
-                    norm_type=config.norm_type)
+def _norm(config: TransformerConfig) -> nn.Module:
+    """The norm of one sub-layer: LayerNorm or RMSNorm, or nothing at all for norm="none"."""
+    return nn.Identity() if config.norm == "none" else make_norm(config.norm_type, config.d_model, config.layer_norm_eps)
 
 
-class EncoderBlock(nn.Module):
-    """Self-attention over all positions, then the feed-forward block, each wrapped in a residual."""
+class _Block(nn.Module):
+    """What every block shares: how a sub-layer joins the residual stream (chapter 4).
+
+    Each sub-layer has its norm beside it (`attention` and `attention_norm`, ...), placed where
+    config.norm says (`layers.residual`), and residual dropout on its output, before the add
+    (config.dropout). `skip = False` removes the "x +" so chapter 4 can measure what it does.
+    """
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
-        self.attention = _residual(_attention(config), config)
-        self.feed_forward = _residual(_feed_forward(config), config)
+        self.norm_placement = config.norm
+        self.skip = True
+        self.dropout = Dropout(config.dropout)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, rotary=None, positions: Tensor | None = None,
-                padding: Tensor | None = None) -> Tensor:
-        x = self.attention(x, mask=mask, padding=padding, rotary=rotary, positions=positions)
-        return self.feed_forward(x)
+    def add(self, x: Tensor, norm: nn.Module, sublayer: nn.Module, *args, **kwargs) -> Tensor:
+        """x with one sub-layer added: x + dropout(sublayer(norm(x))) for pre-norm,
+        norm(x + dropout(sublayer(x))) for post-norm; args go to the sub-layer after its input."""
+        return residual(x, lambda h: self.dropout(sublayer(h, *args, **kwargs)), norm, self.norm_placement,
+                        skip=self.skip)
 
 
-class DecoderBlock(nn.Module):
+class EncoderBlock(_Block):
+    """Self-attention over all positions, then the feed-forward block."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__(config)
+        self.attention, self.attention_norm = _attention(config), _norm(config)
+        self.feed_forward, self.feed_forward_norm = _feed_forward(config), _norm(config)
+
+    def forward(self, x: Tensor, *, mask: Tensor | None = None, padding: Tensor | None = None, rotary=None,
+                positions: Tensor | None = None) -> Tensor:
+        x = self.add(x, self.attention_norm, self.attention, mask=mask, padding=padding, rotary=rotary,
+                     positions=positions)
+        return self.add(x, self.feed_forward_norm, self.feed_forward)
+
+
+class DecoderBlock(_Block):
     """Masked self-attention, then (if `cross`) attention over the encoder output, then feed-forward."""
 
     def __init__(self, config: TransformerConfig, cross: bool):
-        super().__init__()
-        self.attention = _residual(_attention(config), config)
-        self.cross_attention = _residual(_attention(config), config) if cross else None
-        self.feed_forward = _residual(_feed_forward(config), config)
+        super().__init__(config)
+        self.attention, self.attention_norm = _attention(config), _norm(config)
+        if cross:
+            self.cross_attention, self.cross_attention_norm = _attention(config), _norm(config)
+        else:
+            self.cross_attention = self.cross_attention_norm = None
+        self.feed_forward, self.feed_forward_norm = _feed_forward(config), _norm(config)
 
     def forward(
         self,
@@ -160,22 +182,36 @@ class DecoderBlock(nn.Module):
         cache: KVCacheLayer | None = None,
         cross_cache: KVCacheLayer | None = None,
     ) -> Tensor:
-        x = self.attention(x, mask=mask, padding=padding, causal=causal, rotary=rotary, positions=positions, cache=cache)
+        x = self.add(x, self.attention_norm, self.attention, mask=mask, padding=padding, causal=causal,
+                     rotary=rotary, positions=positions, cache=cache)
         if self.cross_attention is not None:
             if memory is None:
                 raise ValueError("this decoder block has cross-attention; pass memory (the encoder output)")
-            x = self.cross_attention(x, memory, mask=memory_mask, cache=cross_cache)
-        return self.feed_forward(x)
+            x = self.add(x, self.cross_attention_norm, self.cross_attention, memory, mask=memory_mask,
+                         cache=cross_cache)
+        return self.add(x, self.feed_forward_norm, self.feed_forward)
 
 
 class Stack(nn.Module):
-    """A list of blocks and, for pre-norm, the final norm that pre-norm needs (LayerNorm or RMSNorm)."""
+    """Blocks run in order and, for pre-norm, the final norm that pre-norm needs (LayerNorm or RMSNorm)."""
 
     def __init__(self, blocks: Sequence[nn.Module], config: TransformerConfig):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.final_norm = (make_norm(config.norm_type, config.d_model, config.layer_norm_eps) if config.norm == "pre"
                            else nn.Identity())
+
+    def forward(self, x: Tensor, *, caches: Sequence[KVCacheLayer] | None = None,
+                cross_caches: Sequence[KVCacheLayer] | None = None, **kwargs) -> Tensor:
+        """x through every block (kwargs go to each; caches[i] and cross_caches[i] to block i), then the
+        final norm."""
+        for i, block in enumerate(self.blocks):
+            if caches is not None:
+                kwargs["cache"] = caches[i]
+            if cross_caches is not None:
+                kwargs["cross_cache"] = cross_caches[i]
+            x = block(x, **kwargs)
+        return self.final_norm(x)
 
 
 def _rotary(config: TransformerConfig) -> RotaryEmbedding | None:
@@ -186,17 +222,17 @@ def _positions(ids: Tensor, start_pos: int) -> Tensor:
     return torch.arange(start_pos, start_pos + ids.shape[1], device=ids.device)
 
 
-class _LanguageModelHead(nn.Module):
-    """Linear map from d_model to vocabulary logits; shares the token embedding when tied."""
-
-    def __init__(self, config: TransformerConfig, embedding: nn.Embedding):
-        super().__init__()
-        self.tied = config.tie_embeddings
-        self.embedding = [embedding]  # a list, so the shared weight is not registered twice
-        self.proj = None if self.tied else nn.Linear(config.d_model, config.vocab_size, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.embedding[0].weight) if self.tied else self.proj(x)
+def _output_head(config: TransformerConfig, embedding: nn.Embedding, bias: bool = False) -> nn.Linear:
+    """The linear map from d_model to vocabulary logits. Tied (config.tie_embeddings), its weight is the
+    token embedding's Parameter itself, one tensor used twice; the layer is then made on the meta device,
+    so that making it draws no random numbers for a weight it does not keep."""
+    tied = config.tie_embeddings
+    head = nn.Linear(config.d_model, config.vocab_size, bias=False, device="meta" if tied else None)
+    if tied:
+        head.weight = embedding.weight
+    if bias:
+        head.bias = nn.Parameter(torch.zeros(config.vocab_size, device=embedding.weight.device))
+    return head
 
 
 class DecoderLM(nn.Module):
@@ -210,9 +246,9 @@ class DecoderLM(nn.Module):
         self.embed = Embeddings(config)
         self.rotary = _rotary(config)
         self.decoder = Stack([DecoderBlock(config, cross=False) for _ in range(config.layers)], config)
-        self.head = _LanguageModelHead(config, self.embed.tokens)
+        self.head = _output_head(config, self.embed.tokens)
 
-    def encode(
+    def hidden_states(
         self,
         ids: Tensor,
         *,
@@ -233,11 +269,8 @@ class DecoderLM(nn.Module):
             raise ValueError("padding cannot be combined with caches: the cached keys have no padding flags; "
                              "decode without padding, or recompute without caches")
         positions = _positions(ids, start_pos)
-        x = self.embed(ids, positions)
-        for i, block in enumerate(self.decoder.blocks):
-            x = block(x, mask=mask, padding=padding, causal=causal, rotary=self.rotary, positions=positions,
-                      cache=None if caches is None else caches[i])
-        return self.decoder.final_norm(x)
+        return self.decoder(self.embed(ids, positions), caches=caches, mask=mask, padding=padding, causal=causal,
+                            rotary=self.rotary, positions=positions)
 
     def forward(
         self,
@@ -252,10 +285,11 @@ class DecoderLM(nn.Module):
     ) -> Tensor:
         """Next-token logits (batch, seq, vocab). caches/start_pos: decode incrementally (chapter 6).
         causal=False lets every position see the future, which turns the model into a denoiser
-        rather than a generator (chapter 6). mask and padding: see `encode`.
+        rather than a generator (chapter 6). mask and padding: see `hidden_states`.
         last_only: logits for the last position only, (batch, 1, vocab): all that generation needs,
         without the vocabulary head's cost at every other position."""
-        hidden = self.encode(ids, caches=caches, start_pos=start_pos, causal=causal, mask=mask, padding=padding)
+        hidden = self.hidden_states(ids, caches=caches, start_pos=start_pos, causal=causal, mask=mask,
+                                    padding=padding)
         return self.head(hidden[:, -1:] if last_only else hidden)
 
 
@@ -273,16 +307,16 @@ class EncoderLM(nn.Module):
         d = config.d_model
         self.pooler = nn.Sequential(nn.Linear(d, d), nn.Tanh()) if config.pooler else None
         if config.task_head == "mlm":
-            # BERT's MLM head: a transform (dense + activation + LayerNorm), then the tied vocabulary projection.
+            # BERT's MLM head: a transform (dense + activation + LayerNorm), then the vocabulary
+            # projection (tied to the token embedding) with a bias of its own.
             act = ACTIVATIONS[config.activation]()
             self.mlm_transform = nn.Sequential(nn.Linear(d, d), act, LayerNorm(d, config.layer_norm_eps))
-            self.mlm_head = _LanguageModelHead(config, self.embed.tokens)
-            self.mlm_bias = nn.Parameter(torch.zeros(config.vocab_size))
+            self.mlm_head = _output_head(config, self.embed.tokens, bias=True)
         elif config.task_head == "classify":
             self.classifier = nn.Sequential(Dropout(config.dropout), nn.Linear(d, config.num_labels))
 
-    def encode(self, ids: Tensor, segments: Tensor | None = None, mask: Tensor | None = None, *,
-               padding: Tensor | None = None) -> Tensor:
+    def hidden_states(self, ids: Tensor, segments: Tensor | None = None, mask: Tensor | None = None, *,
+                      padding: Tensor | None = None) -> Tensor:
         """Hidden states (batch, seq, d_model).
 
         padding: (batch, seq) bool, True at real tokens; by default the tokens equal to config.pad_id
@@ -293,10 +327,8 @@ class EncoderLM(nn.Module):
         if padding is None and self.config.pad_id is not None:
             padding = ids != self.config.pad_id
         positions = _positions(ids, 0)
-        x = self.embed(ids, positions, segments)
-        for block in self.encoder.blocks:
-            x = block(x, mask=mask, padding=padding, rotary=self.rotary, positions=positions)
-        return self.encoder.final_norm(x)
+        return self.encoder(self.embed(ids, positions, segments), mask=mask, padding=padding, rotary=self.rotary,
+                            positions=positions)
 
     def _check_segments(self, ids: Tensor, segments: Tensor | None) -> None:
         if segments is None:
@@ -322,9 +354,9 @@ class EncoderLM(nn.Module):
 
     def forward(self, ids: Tensor, segments: Tensor | None = None, mask: Tensor | None = None, *,
                 padding: Tensor | None = None) -> Tensor:
-        hidden = self.encode(ids, segments, mask, padding=padding)
+        hidden = self.hidden_states(ids, segments, mask, padding=padding)
         if self.config.task_head == "mlm":
-            return self.mlm_head(self.mlm_transform(hidden)) + self.mlm_bias
+            return self.mlm_head(self.mlm_transform(hidden))
         if self.config.task_head == "classify":
             return self.classifier(self.pool(hidden))
         return hidden
@@ -345,7 +377,7 @@ class EncoderDecoder(nn.Module):
         self.rotary = _rotary(config)
         self.encoder = Stack([EncoderBlock(config) for _ in range(config.layers)], config)
         self.decoder = Stack([DecoderBlock(config, cross=True) for _ in range(config.n_decoder_layers)], config)
-        self.head = _LanguageModelHead(config, self.embed.tokens)
+        self.head = _output_head(config, self.embed.tokens)
 
     def source_mask(self, src_ids: Tensor) -> Tensor | None:
         return None if self.config.pad_id is None else padding_mask(src_ids, self.config.pad_id)
@@ -353,11 +385,8 @@ class EncoderDecoder(nn.Module):
     def encode(self, src_ids: Tensor) -> Tensor:
         check_ids(src_ids, self.config, "src_ids")
         positions = _positions(src_ids, 0)
-        x = self.embed(src_ids, positions)
-        mask = self.source_mask(src_ids)
-        for block in self.encoder.blocks:
-            x = block(x, mask=mask, rotary=self.rotary, positions=positions)
-        return self.encoder.final_norm(x)
+        return self.encoder(self.embed(src_ids, positions), mask=self.source_mask(src_ids), rotary=self.rotary,
+                            positions=positions)
 
     def decode(
         self,
@@ -382,14 +411,8 @@ class EncoderDecoder(nn.Module):
         if cross_caches is not None and len(cross_caches) != len(self.decoder.blocks):
             raise ValueError(f"cross_caches has {len(cross_caches)} layers but the model has {len(self.decoder.blocks)}")
         positions = _positions(tgt_ids, start_pos)
-        x = self.embed(tgt_ids, positions)
-        for i, block in enumerate(self.decoder.blocks):
-            x = block(
-                x, memory, memory_mask, rotary=self.rotary, positions=positions,
-                cache=None if caches is None else caches[i],
-                cross_cache=None if cross_caches is None else cross_caches[i],
-            )
-        x = self.decoder.final_norm(x)
+        x = self.decoder(self.embed(tgt_ids, positions), memory=memory, memory_mask=memory_mask, caches=caches,
+                         cross_caches=cross_caches, rotary=self.rotary, positions=positions)
         return self.head(x[:, -1:] if last_only else x)
 
     def forward(self, src_ids: Tensor, tgt_ids: Tensor) -> Tensor:
@@ -414,34 +437,3 @@ def build_model(config: TransformerConfig) -> nn.Module:
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters, each shared (tied) tensor counted once."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-@torch.no_grad()
-def greedy_decode(model: EncoderDecoder, src_ids: Tensor, length: int, start_id: int) -> Tensor:
-    """Target ids (batch, length) for each source, chosen by argmax one token at a time.
-
-    The target starts as the start token; each step runs the decoder over the whole target so far
-    and appends the argmax of the last position's logits. The encoder runs once. No cache: this is
-    the plain full-recomputation reference (chapter 6 makes it fast).
-    """
-    if not isinstance(model, EncoderDecoder):
-        raise TypeError(f"greedy_decode needs an EncoderDecoder, got {type(model).__name__}")
-    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-        raise ValueError(f"length={length!r} must be a positive whole number of tokens to generate")
-    if length > model.config.context_length:
-        raise ValueError(
-            f"length={length} needs {length} decoder positions (start token + {length - 1} generated) "
-            f"but the model's context is {model.config.context_length} positions"
-        )
-    if isinstance(start_id, bool) or not isinstance(start_id, int) or not 0 <= start_id < model.config.vocab_size:
-        raise ValueError(f"start_id={start_id!r} is outside the vocabulary [0, {model.config.vocab_size - 1}]; "
-                         "it must be a whole-number token id")
-    check_ids(src_ids, model.config, "src_ids")
-    with no_dropout():  # as in eval mode, without changing the model's mode (another thread may be training it)
-        memory = model.encode(src_ids)
-        memory_mask = model.source_mask(src_ids)
-        target = torch.full((src_ids.shape[0], 1), start_id, dtype=torch.long, device=src_ids.device)
-        for _ in range(length):
-            logits = model.decode(target, memory, memory_mask)
-            target = torch.cat([target, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
-    return target[:, 1:]

@@ -198,16 +198,16 @@ def halves_to_pairs(d_head: int) -> Convert:
 GPT2_TABLE = [
     ("embed.tokens.weight", "wte.weight", same),
     ("embed.positions.embedding.weight", "wpe.weight", same),
-    ("decoder.blocks.{i}.attention.norm.{p}", "h.{i}.ln_1.{p}", same),
-    ("decoder.blocks.{i}.attention.sublayer.to_q.{p}", "h.{i}.attn.c_attn.{p}", qkv(0)),
-    ("decoder.blocks.{i}.attention.sublayer.to_k.{p}", "h.{i}.attn.c_attn.{p}", qkv(1)),
-    ("decoder.blocks.{i}.attention.sublayer.to_v.{p}", "h.{i}.attn.c_attn.{p}", qkv(2)),
-    ("decoder.blocks.{i}.attention.sublayer.to_out.{p}", "h.{i}.attn.c_proj.{p}", transposed),
-    ("decoder.blocks.{i}.feed_forward.norm.{p}", "h.{i}.ln_2.{p}", same),
-    ("decoder.blocks.{i}.feed_forward.sublayer.up.{p}", "h.{i}.mlp.c_fc.{p}", transposed),
-    ("decoder.blocks.{i}.feed_forward.sublayer.down.{p}", "h.{i}.mlp.c_proj.{p}", transposed),
+    ("decoder.blocks.{i}.attention_norm.{p}", "h.{i}.ln_1.{p}", same),
+    ("decoder.blocks.{i}.attention.to_q.{p}", "h.{i}.attn.c_attn.{p}", qkv(0)),
+    ("decoder.blocks.{i}.attention.to_k.{p}", "h.{i}.attn.c_attn.{p}", qkv(1)),
+    ("decoder.blocks.{i}.attention.to_v.{p}", "h.{i}.attn.c_attn.{p}", qkv(2)),
+    ("decoder.blocks.{i}.attention.to_out.{p}", "h.{i}.attn.c_proj.{p}", transposed),
+    ("decoder.blocks.{i}.feed_forward_norm.{p}", "h.{i}.ln_2.{p}", same),
+    ("decoder.blocks.{i}.feed_forward.up.{p}", "h.{i}.mlp.c_fc.{p}", transposed),
+    ("decoder.blocks.{i}.feed_forward.down.{p}", "h.{i}.mlp.c_proj.{p}", transposed),
     ("decoder.final_norm.{p}", "ln_f.{p}", same),
-    ("head.proj.weight", "lm_head.weight", same),  # only when the head is not tied
+    ("head.weight", "lm_head.weight", same),  # only when the head is not tied
 ]
 
 BERT_TABLE = [
@@ -215,19 +215,19 @@ BERT_TABLE = [
     ("embed.positions.embedding.weight", "embeddings.position_embeddings.weight", same),
     ("embed.segments.weight", "embeddings.token_type_embeddings.weight", same),
     ("embed.norm.{p}", "embeddings.LayerNorm.{p}", same),
-    ("encoder.blocks.{i}.attention.sublayer.to_q.{p}", "encoder.layer.{i}.attention.self.query.{p}", same),
-    ("encoder.blocks.{i}.attention.sublayer.to_k.{p}", "encoder.layer.{i}.attention.self.key.{p}", same),
-    ("encoder.blocks.{i}.attention.sublayer.to_v.{p}", "encoder.layer.{i}.attention.self.value.{p}", same),
-    ("encoder.blocks.{i}.attention.sublayer.to_out.{p}", "encoder.layer.{i}.attention.output.dense.{p}", same),
-    ("encoder.blocks.{i}.attention.norm.{p}", "encoder.layer.{i}.attention.output.LayerNorm.{p}", same),
-    ("encoder.blocks.{i}.feed_forward.sublayer.up.{p}", "encoder.layer.{i}.intermediate.dense.{p}", same),
-    ("encoder.blocks.{i}.feed_forward.sublayer.down.{p}", "encoder.layer.{i}.output.dense.{p}", same),
-    ("encoder.blocks.{i}.feed_forward.norm.{p}", "encoder.layer.{i}.output.LayerNorm.{p}", same),
+    ("encoder.blocks.{i}.attention.to_q.{p}", "encoder.layer.{i}.attention.self.query.{p}", same),
+    ("encoder.blocks.{i}.attention.to_k.{p}", "encoder.layer.{i}.attention.self.key.{p}", same),
+    ("encoder.blocks.{i}.attention.to_v.{p}", "encoder.layer.{i}.attention.self.value.{p}", same),
+    ("encoder.blocks.{i}.attention.to_out.{p}", "encoder.layer.{i}.attention.output.dense.{p}", same),
+    ("encoder.blocks.{i}.attention_norm.{p}", "encoder.layer.{i}.attention.output.LayerNorm.{p}", same),
+    ("encoder.blocks.{i}.feed_forward.up.{p}", "encoder.layer.{i}.intermediate.dense.{p}", same),
+    ("encoder.blocks.{i}.feed_forward.down.{p}", "encoder.layer.{i}.output.dense.{p}", same),
+    ("encoder.blocks.{i}.feed_forward_norm.{p}", "encoder.layer.{i}.output.LayerNorm.{p}", same),
     ("pooler.0.{p}", "pooler.dense.{p}", same),
     ("mlm_transform.0.{p}", "cls.predictions.transform.dense.{p}", same),
     ("mlm_transform.2.{p}", "cls.predictions.transform.LayerNorm.{p}", same),
-    ("mlm_bias", "cls.predictions.bias", same),
-    ("mlm_head.proj.weight", "cls.predictions.decoder.weight", same),  # only when the head is not tied
+    ("mlm_head.bias", "cls.predictions.bias", same),
+    ("mlm_head.weight", "cls.predictions.decoder.weight", same),  # only when the head is not tied
 ]
 
 
@@ -235,17 +235,17 @@ def llama_table(config: TransformerConfig) -> list:
     pairs = halves_to_pairs(config.d_head)
     return [
         ("embed.tokens.weight", "embed_tokens.weight", same),
-        ("decoder.blocks.{i}.attention.norm.weight", "layers.{i}.input_layernorm.weight", same),
-        ("decoder.blocks.{i}.attention.sublayer.to_q.weight", "layers.{i}.self_attn.q_proj.weight", pairs),
-        ("decoder.blocks.{i}.attention.sublayer.to_k.weight", "layers.{i}.self_attn.k_proj.weight", pairs),
-        ("decoder.blocks.{i}.attention.sublayer.to_v.weight", "layers.{i}.self_attn.v_proj.weight", same),
-        ("decoder.blocks.{i}.attention.sublayer.to_out.weight", "layers.{i}.self_attn.o_proj.weight", same),
-        ("decoder.blocks.{i}.feed_forward.norm.weight", "layers.{i}.post_attention_layernorm.weight", same),
-        ("decoder.blocks.{i}.feed_forward.sublayer.w1.weight", "layers.{i}.mlp.gate_proj.weight", same),
-        ("decoder.blocks.{i}.feed_forward.sublayer.w3.weight", "layers.{i}.mlp.up_proj.weight", same),
-        ("decoder.blocks.{i}.feed_forward.sublayer.w2.weight", "layers.{i}.mlp.down_proj.weight", same),
+        ("decoder.blocks.{i}.attention_norm.weight", "layers.{i}.input_layernorm.weight", same),
+        ("decoder.blocks.{i}.attention.to_q.weight", "layers.{i}.self_attn.q_proj.weight", pairs),
+        ("decoder.blocks.{i}.attention.to_k.weight", "layers.{i}.self_attn.k_proj.weight", pairs),
+        ("decoder.blocks.{i}.attention.to_v.weight", "layers.{i}.self_attn.v_proj.weight", same),
+        ("decoder.blocks.{i}.attention.to_out.weight", "layers.{i}.self_attn.o_proj.weight", same),
+        ("decoder.blocks.{i}.feed_forward_norm.weight", "layers.{i}.post_attention_layernorm.weight", same),
+        ("decoder.blocks.{i}.feed_forward.w1.weight", "layers.{i}.mlp.gate_proj.weight", same),
+        ("decoder.blocks.{i}.feed_forward.w3.weight", "layers.{i}.mlp.up_proj.weight", same),
+        ("decoder.blocks.{i}.feed_forward.w2.weight", "layers.{i}.mlp.down_proj.weight", same),
         ("decoder.final_norm.weight", "norm.weight", same),
-        ("head.proj.weight", "lm_head.weight", same),  # only when the head is not tied
+        ("head.weight", "lm_head.weight", same),  # only when the head is not tied
     ]
 
 
@@ -290,6 +290,17 @@ def _canonical(name: str, prefix: str) -> str:
     return name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
 
 
+def tied_names(model: nn.Module) -> dict[str, str]:
+    """Each name of a shared Parameter after its first, with that first name: a tied head's weight is
+    the token embedding's (`{"head.weight": "embed.tokens.weight"}`)."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        aliases.update({name: first[id(parameter)]} if id(parameter) in first else {})
+        first.setdefault(id(parameter), name)
+    return aliases
+
+
 def map_weights(weights: dict[str, Tensor], model: nn.Module, model_type: str,
                 dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
     """The model's state dict, filled from a checkpoint's tensors through the family's table.
@@ -301,12 +312,13 @@ def map_weights(weights: dict[str, Tensor], model: nn.Module, model_type: str,
     table = table(model.config) if callable(table) else table
     layers = model.config.layers
     expected = model.state_dict()
+    aliases = tied_names(model)
     state: dict[str, Tensor] = {}
     used: set[str] = set()
     for ours, theirs, convert in table:
         for ours_name, their_name in zip(_expand(ours, layers), _expand(theirs, layers)):
-            if ours_name not in expected:
-                continue  # a part this config does not build (an untied head, a pooler)
+            if ours_name not in expected or ours_name in aliases:
+                continue  # a part this config does not build (an untied head, a pooler), or a tied one
             if their_name not in weights:
                 raise KeyError(
                     f"the checkpoint has no tensor {their_name!r}, which the companion's {ours_name!r} needs"
@@ -325,6 +337,9 @@ def map_weights(weights: dict[str, Tensor], model: nn.Module, model_type: str,
             if not torch.equal(weights[copy], weights[original]):
                 raise ValueError(f"tensor {copy!r} should be a tied copy of {original!r} but differs from it")
             used.add(copy)
+    for alias, original in aliases.items():
+        # One Parameter for both names, so that loading with assign=True keeps the two modules sharing it.
+        state[original] = state[alias] = nn.Parameter(state[original])
     used |= {name for pattern in unused for name in _expand(pattern, layers)}
     leftover = sorted(set(weights) - used)
     if leftover:

@@ -247,15 +247,16 @@ class SequenceClassifier(nn.Module):
 
     def __init__(self, encoder: nn.Module, num_labels: int):
         super().__init__()
-        if not hasattr(encoder, "encode"):
-            raise TypeError(f"SequenceClassifier needs an encoder with .encode(ids) (an EncoderLM or a DecoderLM), got {type(encoder).__name__}")
+        if not hasattr(encoder, "hidden_states"):
+            raise TypeError(f"SequenceClassifier needs a model with .hidden_states(ids) (an EncoderLM or a DecoderLM), "
+                            f"got {type(encoder).__name__}")
         self.encoder = encoder
         self.pad_id = encoder.config.pad_id
         self.head = nn.Linear(encoder.config.d_model, num_labels)
 
     def forward(self, ids: Tensor) -> Tensor:
         keep = torch.ones_like(ids, dtype=torch.bool) if self.pad_id is None else ids != self.pad_id
-        return self.head(mean_pool(self.encoder.encode(ids), keep))
+        return self.head(mean_pool(self.encoder.hidden_states(ids), keep))
 
 
 # Loss functions in the form train() calls: loss_fn(model, *batch) -> scalar.

@@ -26,7 +26,6 @@ from companion.data import (ByteTokenizer, CharTokenizer, copy_task, encode_corp
 from companion.decoding import KVCache, filter_top_k, filter_top_p, new_caches, next_token, stream
 from companion.device import seed_everything
 from companion.layers import FeedForward, LayerNorm, RMSNorm
-from companion.models import greedy_decode
 from companion.training import (TrainConfig, evaluate_loss, load_checkpoint, next_token_objective, save_checkpoint,
                                 smoothed_cross_entropy, train)
 
@@ -300,12 +299,13 @@ CASES = [
     Case("forward", "seq2seq batches differ", lambda tmp: seq2seq()(ids(2, 5), ids(3, 5)), ValueError, ("src_ids has batch 2", "tgt_ids has batch 3")),
     Case("forward", "seq2seq memory of the wrong width", lambda tmp: seq2seq().decode(ids(2, 5), torch.zeros(2, 5, 8)), ValueError,
          ("memory", "d_model=16", "model.encode")),
-    Case("forward", "greedy_decode start_id is a bool", lambda tmp: greedy_decode(seq2seq(), ids(), 3, True), ValueError,
-         ("start_id=True", "vocabulary")),
-    Case("forward", "greedy_decode length is a float", lambda tmp: greedy_decode(seq2seq(), ids(), 2.0, 0), ValueError,
-         ("length=2.0", "positive whole number")),
-    Case("forward", "greedy_decode source is float", lambda tmp: greedy_decode(seq2seq(), torch.rand(2, 4), 3, 0), TypeError,
-         ("src_ids", "integer token ids")),
+    Case("forward", "seq2seq generate from a start token of bools", lambda tmp: generate(
+         seq2seq(), torch.ones(2, 1, dtype=torch.bool), 3, src_ids=ids(), use_cache=False), TypeError,
+         ("prompt_ids", "integer token ids")),
+    Case("forward", "seq2seq generate length is a float", lambda tmp: generate(
+         seq2seq(), ids(2, 1), 2.0, src_ids=ids(), use_cache=False), ValueError, ("max_new_tokens=2.0", "whole number")),
+    Case("forward", "seq2seq generate source is float", lambda tmp: generate(
+         seq2seq(), ids(2, 1), 3, src_ids=torch.rand(2, 4), use_cache=False), TypeError, ("src_ids", "integer token ids")),
 
     # attention, masks and multi-head attention
     Case("attention", "integer queries", lambda tmp: scaled_dot_product_attention(torch.ones(2, 2, 5, 4, dtype=torch.long), *qkv()[1:]),
@@ -633,13 +633,13 @@ def test_a_half_consumed_stream_leaves_the_model_as_it_found_it():
     assert model.training
 
 
-def test_greedy_decode_leaves_a_training_model_training():
+def test_seq2seq_generate_leaves_a_training_model_training():
     model = build_model(TransformerConfig(kind="encoder-decoder", dropout=0.3, **SMALL)).train()
-    src = ids(2, 5)
+    src, start = ids(2, 5), torch.zeros(2, 1, dtype=torch.long)
     model.eval()
-    expected = greedy_decode(model, src, 4, 0)
+    expected = generate(model, start, 4, src_ids=src, use_cache=False)
     model.train()
-    assert torch.equal(greedy_decode(model, src, 4, 0), expected)
+    assert torch.equal(generate(model, start, 4, src_ids=src, use_cache=False), expected)
     assert model.training
 
 

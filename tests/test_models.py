@@ -108,9 +108,10 @@ def test_build_model_rejects_non_config():
         build_model({"d_model": 16})
 
 
-# Chapter 5: the parameter formula and greedy decoding.
+# Chapter 5: the parameter formula and greedy decoding (the exercise's reference is generate without a cache).
 
-from companion.models import DecoderBlock, EncoderBlock, EncoderDecoder, greedy_decode  # noqa: E402
+from companion.decoding import generate  # noqa: E402
+from companion.models import DecoderBlock, EncoderBlock, EncoderDecoder  # noqa: E402
 
 
 def formula(d_model: int, d_ff: int, cross: bool) -> int:
@@ -138,6 +139,12 @@ def tiny_seq2seq(seed=0):
     return EncoderDecoder(config).eval()
 
 
+def greedy_decode(model, src_ids, length, start_id):
+    """Chapter 5's greedy decoding: `length` target tokens after the start token, no cache."""
+    start = torch.full((src_ids.shape[0], 1), start_id, dtype=torch.long)
+    return generate(model, start, length, src_ids=src_ids, use_cache=False)[:, 1:]
+
+
 def test_greedy_decode_picks_the_argmax_of_each_step():
     model = tiny_seq2seq()
     src = torch.randint(1, 11, (3, 7), generator=torch.Generator().manual_seed(1))
@@ -157,9 +164,9 @@ def test_greedy_decode_keeps_the_training_flag():
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        (dict(length=0), ValueError, "length=0 must be a positive"),
-        (dict(length=13), ValueError, "context is 12 positions"),
-        (dict(start_id=11), ValueError, r"start_id=11 is outside the vocabulary \[0, 10\]"),
+        (dict(length=-1), ValueError, "max_new_tokens=-1 must be a whole number >= 0"),
+        (dict(length=12), ValueError, "context is 12"),
+        (dict(start_id=11), ValueError, r"prompt_ids holds token ids in \[11, 11\] but the vocabulary is \[0, 10\]"),
     ],
 )
 def test_greedy_decode_rejects_bad_arguments(kwargs, error, message):
@@ -169,17 +176,49 @@ def test_greedy_decode_rejects_bad_arguments(kwargs, error, message):
 
 
 def test_greedy_decode_needs_an_encoder_decoder():
-    with pytest.raises(TypeError, match="needs an EncoderDecoder, got DecoderLM"):
+    with pytest.raises(ValueError, match="src_ids is only for an EncoderDecoder"):
         greedy_decode(build_model(presets["tiny"]), torch.ones(1, 3, dtype=torch.long), 2, start_id=0)
 
 
-def test_decoder_encode_is_forward_without_the_head():
+def test_decoder_hidden_states_are_forward_without_the_head():
     torch.manual_seed(0)
     model = build_model(presets["tiny"]).eval()
     ids = torch.randint(0, 256, (2, 9))
-    torch.testing.assert_close(model.head(model.encode(ids)), model(ids))
-    assert model.encode(ids).shape == (2, 9, 128)
+    torch.testing.assert_close(model.head(model.hidden_states(ids)), model(ids))
+    assert model.hidden_states(ids).shape == (2, 9, 128)
 
+
+def test_stack_runs_its_blocks_in_order_then_the_final_norm():
+    torch.manual_seed(0)
+    model = build_model(presets["tiny"]).eval()
+    x = torch.randn(2, 5, 128)
+    by_hand = x
+    for block in model.decoder.blocks:
+        by_hand = block(by_hand)
+    torch.testing.assert_close(model.decoder(x), model.decoder.final_norm(by_hand))
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_a_block_adds_each_sublayer_with_its_own_norm(norm):
+    """The parts a reader reaches for are named for what they are: block.attention is the attention."""
+    torch.manual_seed(0)
+    block = build_model(presets["tiny"].replace(norm=norm)).decoder.blocks[0].eval()
+    x = torch.randn(2, 5, 128)
+    with torch.no_grad():
+        if norm == "pre":
+            h = x + block.attention(block.attention_norm(x), causal=True)
+            by_hand = h + block.feed_forward(block.feed_forward_norm(h))
+        else:
+            h = block.attention_norm(x + block.attention(x, causal=True))
+            by_hand = block.feed_forward_norm(h + block.feed_forward(h))
+        torch.testing.assert_close(block(x), by_hand)
+
+
+def test_the_tied_head_is_the_token_embedding_parameter():
+    model = build_model(presets["tiny"])
+    assert model.head.weight is model.embed.tokens.weight
+    untied = build_model(presets["tiny"].replace(tie_embeddings=False))
+    assert untied.head.weight is not untied.embed.tokens.weight
 
 
 @pytest.mark.parametrize("norm", ["pre", "post"])
@@ -190,22 +229,22 @@ def test_dropout_acts_where_the_paper_puts_it(norm):
     config = presets["tiny"].replace(layers=1, norm=norm, dropout=0.5)
     model = build_model(config).train()
     block = model.decoder.blocks[0]
-    residual, ff = block.feed_forward, block.feed_forward.sublayer
+    ff, ff_norm = block.feed_forward, block.feed_forward_norm
     x = torch.randn(2, 6, config.d_model)
     # Inside the feed-forward block: the same output in training and in eval mode.
     torch.testing.assert_close(ff(x), ff.eval()(x))
     # On its output: the branch added to the stream is F's output with about half of it zeroed, the rest doubled.
-    branch = ff(residual.norm(x) if norm == "pre" else x)
+    branch = ff(ff_norm(x) if norm == "pre" else x)
     if norm == "pre":  # x + dropout(F(LN(x))): what is added is 0 or 2 F(LN(x))
-        added = residual(x) - x
+        added = block.add(x, ff_norm, ff) - x
         kept = added != 0
         torch.testing.assert_close(added[kept], 2 * branch[kept])
     else:  # LN(x + dropout(F(x))): the same mask, drawn again from the same seed, reproduces the output
         torch.manual_seed(1)
-        out = residual(x)
+        out = block.add(x, ff_norm, ff)
         torch.manual_seed(1)
         mask = torch.nn.functional.dropout(torch.ones_like(branch), 0.5)
-        torch.testing.assert_close(out, residual.norm(x + branch * mask))
+        torch.testing.assert_close(out, ff_norm(x + branch * mask))
         kept = mask != 0
     assert 0.35 < kept.float().mean() < 0.65
     # On the embedding sum: about half its entries are zero.
@@ -213,12 +252,12 @@ def test_dropout_acts_where_the_paper_puts_it(norm):
     embedded = model.embed(ids, torch.arange(6))
     assert 0.35 < (embedded == 0).float().mean() < 0.65
     # Not on the attention weights: every row still sums to 1.
-    attention = block.attention.sublayer
+    attention = block.attention
     attention(x, causal=True, keep_weights=True)
     torch.testing.assert_close(attention.last_weights.sum(-1), torch.ones(1, config.heads, 6).expand(2, -1, -1))
-    # Every dropout module with p > 0 is one of these places.
+    # Every dropout module with p > 0 is one of these places: the embedding sum and the block's residual dropout.
     dropping = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Dropout) and m.p > 0}
-    assert dropping == {"embed.dropout", "decoder.blocks.0.attention.dropout", "decoder.blocks.0.feed_forward.dropout"}
+    assert dropping == {"embed.dropout", "decoder.blocks.0.dropout"}
 
 
 def test_original_base_preset_drops_out_as_the_paper_does():
@@ -227,8 +266,7 @@ def test_original_base_preset_drops_out_as_the_paper_does():
     with torch.device("meta"):
         model = build_model(config)
     rates = {name: m.p for name, m in model.named_modules() if isinstance(m, torch.nn.Dropout)}
-    assert all(p == 0.0 for name, p in rates.items() if name.endswith("sublayer.dropout"))  # none inside the FFN
+    assert all(p == 0.0 for name, p in rates.items() if name.endswith("feed_forward.dropout"))  # none inside the FFN
     dropped = {name for name, p in rates.items() if p == 0.1}
-    assert dropped == {"embed.dropout"} | {f"{stack}.blocks.{i}.{part}.dropout" for stack, n, parts in (
-        ("encoder", 6, ("attention", "feed_forward")), ("decoder", 6, ("attention", "cross_attention", "feed_forward")))
-        for i in range(n) for part in parts}
+    assert dropped == {"embed.dropout"} | {f"{stack}.blocks.{i}.dropout" for stack in ("encoder", "decoder")
+                                           for i in range(6)}

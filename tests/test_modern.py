@@ -125,7 +125,7 @@ def test_qk_norm_makes_attention_blind_to_the_scale_of_the_query_and_key_project
             mha.to_k.weight.mul_(10.0)
         assert (not torch.allclose(mha(x, causal=True), before, atol=1e-4)) == changes
     model = build_model(TransformerConfig(**SMALL, qk_norm=True))
-    assert isinstance(model.decoder.blocks[0].attention.sublayer.q_norm, RMSNorm)
+    assert isinstance(model.decoder.blocks[0].attention.q_norm, RMSNorm)
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -141,7 +141,7 @@ def test_bert_hidden_states_pooler_and_mlm_logits_match_transformers_with_paddin
     with torch.no_grad():
         expected = reference.bert(ids, attention_mask=attention_mask, token_type_ids=segments)
         expected_logits = reference(ids, attention_mask=attention_mask, token_type_ids=segments).prediction_logits
-        hidden = model.encode(ids, segments)  # the padding mask comes from config.pad_id
+        hidden = model.hidden_states(ids, segments)  # the padding mask comes from config.pad_id
         logits = model(ids, segments)
     assert (hidden - expected.last_hidden_state).abs().max().item() < TOLERANCE
     assert (model.pool(hidden) - expected.pooler_output).abs().max().item() < TOLERANCE
@@ -392,7 +392,7 @@ def _rewrite(directory, change):
 
 def test_missing_tensor_is_named(small_gpt2):
     _rewrite(small_gpt2[1], lambda w: w.pop("transformer.h.1.mlp.c_fc.weight"))
-    needed = r"'h\.1\.mlp\.c_fc\.weight'.*'decoder\.blocks\.1\.feed_forward\.sublayer\.up\.weight' needs"
+    needed = r"'h\.1\.mlp\.c_fc\.weight'.*'decoder\.blocks\.1\.feed_forward\.up\.weight' needs"
     with pytest.raises(KeyError, match=needed):
         load_pretrained(small_gpt2[1])
 

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import TransformerConfig
-from ..models import DecoderBlock, EncoderBlock, EncoderDecoder, count_parameters, greedy_decode
+from ..decoding import generate
+from ..models import DecoderBlock, EncoderBlock, EncoderDecoder, count_parameters
 from ._core import Checker, random_tensor, randomise_norms
 
 __all__ = [
@@ -44,25 +45,20 @@ def _plain_norm(t: Tensor) -> Tensor:
 
 
 def _wholes(block) -> dict:
-    """The block and its Residual wrappers: running them skips what the exercise asks to write."""
-    hints = {block: "you ran the block itself, block(x); the exercise is to write what it computes, from "
-                    "block.<sub-layer>.sublayer and block.<sub-layer>.norm"}
-    for name in ("attention", "cross_attention", "feed_forward"):
-        if hasattr(block, name):
-            hints[getattr(block, name)] = (f"you ran block.{name} whole, which adds and normalises for you; "
-                                           f"write norm(x + sublayer(x)) from block.{name}.sublayer and "
-                                           f"block.{name}.norm")
-    return hints
+    """The block itself: running it skips what the exercise asks to write."""
+    parts = ", ".join(f"block.{name}, block.{name}_norm" for name in ("attention", "cross_attention", "feed_forward")
+                      if getattr(block, name, None) is not None)
+    return {block: f"you ran the block itself, block(x); the exercise is to write what it computes, from {parts}"}
 
 
 def check_encoder_block(fn) -> bool:
     """fn(x, block) -> (batch, seq, d_model): the post-LN encoder block of Vaswani et al. 2017 built from
-    block.attention.sublayer, block.attention.norm, block.feed_forward.sublayer, block.feed_forward.norm."""
+    block.attention, block.attention_norm, block.feed_forward, block.feed_forward_norm."""
     with Checker("check_encoder_block") as c:
         block = _encoder_block(1)
         x = random_tensor(B, S, D, seed=2)
-        attn, norm1 = block.attention.sublayer, block.attention.norm
-        ff, norm2 = block.feed_forward.sublayer, block.feed_forward.norm
+        attn, norm1 = block.attention, block.attention_norm
+        ff, norm2 = block.feed_forward, block.feed_forward_norm
         with torch.no_grad():
             expected = block(x)
             h = x + attn(norm1(x))
@@ -73,6 +69,7 @@ def check_encoder_block(fn) -> bool:
             no_norm = h + ff(h)
             h = norm2(x + ff(x))
             swapped = norm1(h + attn(h))
+            chained = ff(attn(x))
 
             def post(first, second):
                 h = first(x + attn(x))
@@ -84,15 +81,17 @@ def check_encoder_block(fn) -> bool:
         c.expect_shape(got, (B, S, D), hint="n vectors in, n vectors out, each of width d_model")
         c.diagnose(got, expected, {
             "you normalised before each sub-layer, x + F(LN(x)) (pre-LN); this block is post-LN: LN(x + F(x))": pre,
+            "you chained the sub-layers, feed_forward(attention(x)): each needs its residual connection and its "
+            "norm, LN(x + F(x))": chained,
             "the residual connections are missing: add the sub-layer's input to its output before the norm, "
             "LN(x + F(x))": no_residual,
             "the LayerNorms are missing: each sub-layer's sum goes through its norm, LN(x + F(x))": no_norm,
             "the sub-layers are in the wrong order: self-attention first, then the feed-forward block": swapped,
             "one LayerNorm is used for both sub-layers: each has its own, with its own weight and bias; use "
-            "block.attention.norm after the attention and block.feed_forward.norm after the feed-forward": one_norm,
-            "block.feed_forward.norm is used for both sub-layers: the attention's sum goes through "
-            "block.attention.norm": last_norm,
-            "the norms are swapped: block.attention.norm belongs after the attention, block.feed_forward.norm "
+            "block.attention_norm after the attention and block.feed_forward_norm after the feed-forward": one_norm,
+            "block.feed_forward_norm is used for both sub-layers: the attention's sum goes through "
+            "block.attention_norm": last_norm,
+            "the norms are swapped: block.attention_norm belongs after the attention, block.feed_forward_norm "
             "after the feed-forward": norms_swapped,
             "you normalised without the block's parameters (F.layer_norm without weight and bias, or a fresh "
             "LayerNorm): use the block's own norms, which carry learned weights and biases": plain,
@@ -106,9 +105,9 @@ def check_decoder_block(fn) -> bool:
     with Checker("check_decoder_block") as c:
         block = _decoder_block(3)
         x, memory = random_tensor(B, T, D, seed=4), random_tensor(B, S, D, seed=5)
-        self_attn, n1 = block.attention.sublayer, block.attention.norm
-        cross, n2 = block.cross_attention.sublayer, block.cross_attention.norm
-        ff, n3 = block.feed_forward.sublayer, block.feed_forward.norm
+        self_attn, n1 = block.attention, block.attention_norm
+        cross, n2 = block.cross_attention, block.cross_attention_norm
+        ff, n3 = block.feed_forward, block.feed_forward_norm
 
         def assemble(self_causal=True, cross_source="memory", cross_causal=False, cross_first=False,
                      norms=(n1, n2, n3)) -> Tensor:
@@ -138,13 +137,13 @@ def check_decoder_block(fn) -> bool:
                 assemble(cross_causal=True),
             "the cross-attention comes before the masked self-attention; the order is self, cross, feed-forward":
                 assemble(cross_first=True),
-            "the cross-attention and feed-forward norms are swapped: block.cross_attention.norm follows the "
-            "cross-attention, block.feed_forward.norm the feed-forward": assemble(norms=(n1, n3, n2)),
-            "the self-attention and cross-attention norms are swapped: block.attention.norm follows the "
-            "self-attention, block.cross_attention.norm the cross-attention": assemble(norms=(n2, n1, n3)),
+            "the cross-attention and feed-forward norms are swapped: block.cross_attention_norm follows the "
+            "cross-attention, block.feed_forward_norm the feed-forward": assemble(norms=(n1, n3, n2)),
+            "the self-attention and cross-attention norms are swapped: block.attention_norm follows the "
+            "self-attention, block.cross_attention_norm the cross-attention": assemble(norms=(n2, n1, n3)),
             "one LayerNorm is used for every sub-layer: each has its own, with its own weight and bias":
                 assemble(norms=(n1, n1, n1)),
-            "the cross-attention reuses the self-attention's norm: use block.cross_attention.norm":
+            "the cross-attention reuses the self-attention's norm: use block.cross_attention_norm":
                 assemble(norms=(n1, n1, n3)),
             "you normalised without the block's parameters (F.layer_norm without weight and bias, or a fresh "
             "LayerNorm): use the block's own norms": assemble(norms=(_plain_norm,) * 3),
@@ -260,6 +259,12 @@ def _checker_model() -> EncoderDecoder:
     return model
 
 
+def _greedy(model: EncoderDecoder, src: Tensor, length: int, start_id: int) -> Tensor:
+    """The reference: the library's greedy generation without a cache, the start token dropped."""
+    start = torch.full((src.shape[0], 1), start_id)
+    return generate(model, start, length, src_ids=src, use_cache=False)[:, 1:]
+
+
 def _greedy_first_position(model: EncoderDecoder, src: Tensor, length: int, start_id: int) -> Tensor:
     """A typical mistake, kept for the checker: the next token read from logits[:, 0] instead of [:, -1]."""
     memory = model.encode(src)
@@ -293,11 +298,11 @@ def check_greedy_decode(fn) -> bool:
         length, start = 6, 4  # not 0, so a start token typed in as 0 shows
         got = c.expect_tensor(c.call(fn, model, src, length, start), "your ids")
         with torch.no_grad():
-            expected = greedy_decode(model, src, length, start)
+            expected = _greedy(model, src, length, start)
             first = _greedy_first_position(model, src, length, start)
             start_only = _greedy_start_only(model, src, length, start)
             last_only = _greedy_last_token_only(model, src, length, start)
-            from_zero = greedy_decode(model, src, length, 0)
+            from_zero = _greedy(model, src, length, 0)
         if tuple(got.shape) == (B, length + 1):
             c.fail("you returned the start token too: return only the generated tokens, target[:, 1:]")
         if tuple(got.shape) == (B, length - 1):

@@ -10,7 +10,6 @@ from companion.attention import causal_mask, scaled_dot_product_attention, slidi
 from companion.bpe import merge
 from companion.data import recall_task
 from companion.decoding import filter_top_k, filter_top_p, new_caches
-from companion.models import greedy_decode
 from companion.positions import offset_rotation, sinusoidal_table
 from companion.predecessors import causal_conv1d, receptive_field
 from companion.training import lr_at, mask_tokens, mean_pool
@@ -103,14 +102,14 @@ def dropout(x, p, noise, training):
 
 # ---------------------------------------------------------------- chapter 5
 def encoder_block(x, block):
-    h = block.attention.norm(x + block.attention.sublayer(x))
-    return block.feed_forward.norm(h + block.feed_forward.sublayer(h))
+    h = block.attention_norm(x + block.attention(x))
+    return block.feed_forward_norm(h + block.feed_forward(h))
 
 
 def decoder_block(x, memory, block):
-    h = block.attention.norm(x + block.attention.sublayer(x, causal=True))
-    h = block.cross_attention.norm(h + block.cross_attention.sublayer(h, memory))
-    return block.feed_forward.norm(h + block.feed_forward.sublayer(h))
+    h = block.attention_norm(x + block.attention(x, causal=True))
+    h = block.cross_attention_norm(h + block.cross_attention(h, memory))
+    return block.feed_forward_norm(h + block.feed_forward(h))
 
 
 def next_token_probabilities(hidden, embedding):
@@ -123,6 +122,14 @@ def layer_parameters(d_model, d_ff, cross):
 
 
 # ---------------------------------------------------------------- chapter 6
+def greedy_decode(model, src_ids, length, start_id):
+    memory = model.encode(src_ids)
+    target = torch.full((src_ids.shape[0], 1), start_id)
+    for _ in range(length):
+        target = torch.cat([target, model.decode(target, memory)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return target[:, 1:]
+
+
 def append_kv(cache, k, v):
     start, end = cache.length, cache.length + k.shape[2]
     cache.keys[:, :, start:end] = k

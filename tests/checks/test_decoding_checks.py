@@ -268,7 +268,7 @@ def test_top_p_checker_names_an_empty_row():
 @pytest.mark.parametrize("right", [
     lambda m, p, n: generate(m, p, n),
     lambda m, p, n: _greedy_through(m.forward, m, p, n),
-    lambda m, p, n: _greedy_through(lambda ids, **kw: m.head(m.encode(ids, **kw)), m, p, n),
+    lambda m, p, n: _greedy_through(lambda ids, **kw: m.head(m.hidden_states(ids, **kw)), m, p, n),
 ])
 def test_greedy_with_cache_accepts_other_right_ways(right):
     assert checks.check_greedy_with_cache(right)
