@@ -62,8 +62,9 @@ def outcome(case, limit: int) -> tuple[str, str]:
 
 
 def behaviours() -> dict[str, str]:
-    import test_bad_input as t
     import torch
+
+    import test_bad_input as t
 
     checks = {
         "8 threads decode with one training model": lambda: (
@@ -104,9 +105,8 @@ def main() -> None:
     parser.add_argument("--verbose", action="store_true", help="print every case's outcome and message")
     args = parser.parse_args()
     sys.path[:0] = [str(args.companion.resolve()), str(ROOT / "tests")]
-    import test_bad_input as t
-
     import companion
+    import test_bad_input as t
 
     print(f"companion from {Path(companion.__file__).parent}")
     counts = {False: collections.Counter(), True: collections.Counter()}

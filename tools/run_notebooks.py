@@ -30,6 +30,7 @@ from pathlib import Path
 
 import nbformat
 import psutil
+
 from with_limit import kill_tree
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
