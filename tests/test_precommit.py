@@ -37,13 +37,13 @@ def pre_commit(*args: str, cwd: Path = ROOT, home: Path | None = None) -> subpro
 
 
 def test_the_configuration_is_valid_and_a_broken_one_is_not(tmp_path):
-    result = pre_commit("validate-config", str(CONFIG))
+    result = pre_commit("validate-config", str(CONFIG), home=tmp_path / "home")
     assert result.returncode == 0, result.stdout + result.stderr
     config = yaml.safe_load(CONFIG.read_text())
     del config["repos"][0]["hooks"][0]["entry"]
     broken = tmp_path / "broken.yaml"
     broken.write_text(yaml.safe_dump(config))
-    result = pre_commit("validate-config", str(broken))
+    result = pre_commit("validate-config", str(broken), home=tmp_path / "home")
     assert result.returncode != 0
     assert "Missing required key: entry" in result.stdout + result.stderr
 
