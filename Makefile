@@ -24,11 +24,13 @@ unexport MPLBACKEND
 SHELL := bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: help venv book test test-unit test-notebooks test-site exercises solutions serve clean
+.PHONY: help venv lint format book test test-unit test-notebooks test-site exercises solutions serve clean
 
 help:
 	@echo "make book       build the website into _build/html (warnings are errors)"
-	@echo "make test       unit tests, nbval on solutions/ (strict, two numeric paths) and exercises/ (lax),"
+	@echo "make lint       ruff: lint and format check (run first by make test)"
+	@echo "make format     ruff: format the Python files and apply ruff's safe fixes"
+	@echo "make test       lint, unit tests, nbval on solutions/ (strict, two numeric paths) and exercises/ (lax),"
 	@echo "                sync check, book build, browser test; fails if anything was written into the source tree"
 	@echo "make test-site  open every page of the built site in headless Chromium, offline (after make book)"
 	@echo "make exercises  regenerate exercises/ from solutions/"
@@ -52,10 +54,20 @@ book: venv
 		echo "Sphinx executed a page itself (see _build/sphinx.log): its cache entry from tools/run_notebooks.py did not match" >&2; exit 1; fi
 	@echo "The book is built: open _build/html/index.html"
 
+# Lint and format check; ruff's cache lives under _build/ (pyproject.toml), so it writes nothing else.
+lint: venv
+	$(LIMIT) 300 $(BIN)/ruff check .
+	$(LIMIT) 300 $(BIN)/ruff format --check .
+
+# Fixes first, then formatting (the fixes' output is formatted); `make lint` then lists what needs a person.
+format: venv
+	$(BIN)/ruff check --fix --exit-zero --quiet .
+	$(BIN)/ruff format .
+
 # The whole suite, bracketed by a check that it wrote nothing into the source tree.
 test: venv
 	$(BIN)/python tools/tree_guard.py snapshot
-	$(MAKE) test-unit test-notebooks book test-site
+	$(MAKE) lint test-unit test-notebooks book test-site
 	$(BIN)/python tools/tree_guard.py check
 
 test-unit: venv

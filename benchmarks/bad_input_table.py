@@ -14,6 +14,7 @@ Then the behaviour checks of the same file (decoding with a shared training mode
 padding when batch == seq) as pass / fail. Cases marked new_api use an argument an older checkout does
 not have; they are counted apart.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,11 @@ def outcome(case, limit: int) -> tuple[str, str]:
         frames = traceback.extract_tb(error.__traceback__)
         # Raised by a check of the library's own: a `raise` statement in companion/, not an error that
         # torch, einops or Python raised from inside a call the library made.
-        own = bool(frames) and "companion" in Path(frames[-1].filename).parts and "raise" in (frames[-1].line or "")
+        own = (
+            bool(frames)
+            and "companion" in Path(frames[-1].filename).parts
+            and "raise" in (frames[-1].line or "")
+        )
         message = f"{type(error).__name__}: {error}"
         if not isinstance(error, case.error) or not own:
             return "cryptic", message
@@ -58,11 +63,16 @@ def outcome(case, limit: int) -> tuple[str, str]:
 
 def behaviours() -> dict[str, str]:
     import torch
+
     import test_bad_input as t
 
     checks = {
-        "8 threads decode with one training model": lambda: t.test_threads_sharing_a_training_model_decode_as_in_eval_mode_and_leave_it_training(None),
-        "dropout stays on in a training thread": t.test_dropout_keeps_working_in_a_thread_that_trains_while_another_decodes,
+        "8 threads decode with one training model": lambda: (
+            t.test_threads_sharing_a_training_model_decode_as_in_eval_mode_and_leave_it_training(None)
+        ),
+        "dropout stays on in a training thread": (
+            t.test_dropout_keeps_working_in_a_thread_that_trains_while_another_decodes
+        ),
         "a half-consumed stream": t.test_a_half_consumed_stream_leaves_the_model_as_it_found_it,
         "seq2seq generate with a training model": t.test_seq2seq_generate_leaves_a_training_model_training,
         "padding when batch == seq": t.test_padding_means_the_same_when_batch_equals_sequence_length,
@@ -76,15 +86,21 @@ def behaviours() -> dict[str, str]:
             check()
             results[name] = "pass"
         except BaseException as error:  # noqa: BLE001
-            results[name] = f"FAIL ({type(error).__name__}: {str(error).splitlines()[0][:90] if str(error) else ''})"
+            results[name] = (
+                f"FAIL ({type(error).__name__}: {str(error).splitlines()[0][:90] if str(error) else ''})"
+            )
         finally:
             torch.set_num_threads(threads)
     return results
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--companion", type=Path, default=ROOT, help="folder that holds the companion/ package to test")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--companion", type=Path, default=ROOT, help="folder that holds the companion/ package to test"
+    )
     parser.add_argument("--limit", type=int, default=20, help="seconds before a case counts as a hang")
     parser.add_argument("--verbose", action="store_true", help="print every case's outcome and message")
     args = parser.parse_args()

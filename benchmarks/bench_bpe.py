@@ -9,6 +9,7 @@ its repeats come from the cache) and again with the same one (every piece from t
 --repeats runs. If Hugging Face `tokenizers` is installed, its Rust trainer is timed on the same
 text for scale; it runs on every core unless RAYON_NUM_THREADS=1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from companion.bpe import BPETokenizer  # noqa: E402
-from companion.data import stdlib_corpus  # noqa: E402
+from companion.bpe import BPETokenizer
+from companion.data import stdlib_corpus
 
 
 def best_of(repeats: int, fn):
@@ -60,14 +61,17 @@ def main() -> None:
     def hf_train():
         hf = Tokenizer(models.BPE())
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        )
         hf.train_from_iterator([text], trainer)
         return hf
 
     seconds, hf = best_of(args.repeats, hf_train)
     hf_encode, hf_ids = best_of(args.repeats, lambda: hf.encode(text).ids)
-    print(f"tokenizers (Rust), for scale: train {seconds:.2f} s, encode {len(hf_ids) / hf_encode:,.0f} tokens/s")
+    print(
+        f"tokenizers (Rust), for scale: train {seconds:.2f} s, encode {len(hf_ids) / hf_encode:,.0f} tokens/s"
+    )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ the first call's time minus an eager call's; the ratio is the best of the repeat
 eager (below 1: compiling pays). Decoding is run at two lengths to show it compiles once per
 shape kind (prompt, then one token), not once per length.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from companion import build_model, generate, presets  # noqa: E402
-from companion.device import autocast, describe, pick_device  # noqa: E402
-from companion.training import next_token_loss  # noqa: E402
+from companion import build_model, generate, presets
+from companion.device import autocast, describe, pick_device
+from companion.training import next_token_loss
 
 
 def seconds(fn, device: torch.device) -> float:
@@ -51,8 +52,12 @@ class CountingBackend:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny", choices=[k for k, c in presets.items() if c.kind == "decoder"])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--preset", default="tiny", choices=[k for k, c in presets.items() if c.kind == "decoder"]
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=64, help="decode length (a second run uses half)")
@@ -69,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, config.vocab_size, (args.batch, args.seq), generator=gen).to(device)
     prompt = torch.randint(0, config.vocab_size, (1, 1), generator=gen).to(device)
-    print(f"preset {args.preset}, batch {args.batch} x {args.seq}, decode {args.new_tokens} tokens; "
-          f"{describe(device)}; backend {args.backend}; {torch.get_num_threads()} CPU threads")
+    print(
+        f"preset {args.preset}, batch {args.batch} x {args.seq}, decode {args.new_tokens} tokens; "
+        f"{describe(device)}; backend {args.backend}; {torch.get_num_threads()} CPU threads"
+    )
 
     eager = build_model(config).to(device)
     breaks = {}
@@ -89,12 +96,22 @@ def main(argv: list[str] | None = None) -> int:
         first = seconds(run_compiled, device)
         best_c, best_e = float("inf"), float("inf")
         for r in range(args.repeats):
-            for side in (("c", "e") if r % 2 == 0 else ("e", "c")):
+            for side in ("c", "e") if r % 2 == 0 else ("e", "c"):
                 if side == "c":
                     best_c = min(best_c, seconds(run_compiled, device))
                 else:
                     best_e = min(best_e, seconds(run_eager, device))
-        rows.append((name, breaks.get(name, "-"), counter.graphs, first - first_eager, best_c / best_e, best_e, best_c))
+        rows.append(
+            (
+                name,
+                breaks.get(name, "-"),
+                counter.graphs,
+                first - first_eager,
+                best_c / best_e,
+                best_e,
+                best_c,
+            )
+        )
 
     # forward
     eager.eval()
@@ -119,30 +136,47 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         opt.step()
 
-    measure("training step (forward + loss)", lambda: step(twin, opt_e), lambda: step(compiled_train, opt_c), counter)
+    measure(
+        "training step (forward + loss)",
+        lambda: step(twin, opt_e),
+        lambda: step(compiled_train, opt_c),
+        counter,
+    )
 
     # cached greedy decoding, at two lengths: the second must not compile again
     eager.eval()
     torch._dynamo.reset()
     counter = CountingBackend(args.backend)
     compiled_dec = torch.compile(eager, fullgraph=True, backend=counter)
-    same = torch.equal(generate(compiled_dec, prompt, args.new_tokens), generate(eager, prompt, args.new_tokens))
+    same = torch.equal(
+        generate(compiled_dec, prompt, args.new_tokens), generate(eager, prompt, args.new_tokens)
+    )
     graphs_first = counter.graphs
     generate(compiled_dec, prompt, args.new_tokens // 2)
     recompiled = counter.graphs - graphs_first
     counter.graphs = 0
     torch._dynamo.reset()
     compiled_dec = torch.compile(eager, fullgraph=True, backend=counter)
-    measure(f"cached greedy generate, {args.new_tokens} tokens", lambda: generate(eager, prompt, args.new_tokens),
-            lambda: generate(compiled_dec, prompt, args.new_tokens), counter)
+    measure(
+        f"cached greedy generate, {args.new_tokens} tokens",
+        lambda: generate(eager, prompt, args.new_tokens),
+        lambda: generate(compiled_dec, prompt, args.new_tokens),
+        counter,
+    )
 
-    print(f"| {'work':<34} | graph breaks | graphs | compile time | compiled / eager | eager ms | compiled ms |")
+    print(
+        f"| {'work':<34} | graph breaks | graphs | compile time | compiled / eager | eager ms | compiled ms |"
+    )
     print(f"|{'-' * 36}|--------------|--------|--------------|------------------|----------|-------------|")
     for name, nbreaks, graphs, compile_s, ratio, e, c in rows:
-        print(f"| {name:<34} | {nbreaks!s:>12} | {graphs:>6} | {compile_s:>10.1f} s | {ratio:>16.2f} | "
-              f"{e * 1e3:>8.1f} | {c * 1e3:>11.1f} |")
-    print(f"decoding: compiled tokens equal eager: {'yes' if same else 'NO'}; graphs compiled for "
-          f"{args.new_tokens} tokens: {graphs_first}; more for a second length ({args.new_tokens // 2}): {recompiled}")
+        print(
+            f"| {name:<34} | {nbreaks!s:>12} | {graphs:>6} | {compile_s:>10.1f} s | {ratio:>16.2f} | "
+            f"{e * 1e3:>8.1f} | {c * 1e3:>11.1f} |"
+        )
+    print(
+        f"decoding: compiled tokens equal eager: {'yes' if same else 'NO'}; graphs compiled for "
+        f"{args.new_tokens} tokens: {graphs_first}; more for a second length ({args.new_tokens // 2}): {recompiled}"
+    )
     ok = same and recompiled == 0 and all(isinstance(b, str) or b == 0 for b in breaks.values())
     return 0 if ok else 1
 

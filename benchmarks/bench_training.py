@@ -16,6 +16,7 @@ token the model does 6N + 12 L H Q T floating-point operations for the forward a
 and their use, with N the parameters that multiply (every one but the position table), L layers,
 H heads, Q = d_head and T the sequence length. Recomputation is not counted: MFU, not HFU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,25 +29,42 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from companion import TransformerConfig, build_model, count_parameters, presets  # noqa: E402
-from companion.data import CharTokenizer, encode_corpus, random_windows, stdlib_corpus  # noqa: E402
-from companion.device import describe, pick_device, seed_everything  # noqa: E402
-from companion.training import TrainConfig, init_distributed, next_token_objective, train  # noqa: E402
+from companion import TransformerConfig, build_model, count_parameters, presets
+from companion.data import CharTokenizer, encode_corpus, random_windows, stdlib_corpus
+from companion.device import describe, pick_device, seed_everything
+from companion.training import TrainConfig, init_distributed, next_token_objective, train
 
 SIZES = {  # the chapter's CPU model, the tiny preset (d_model 128, 4 layers), and GPT-2's 124M model
     "chapter": dict(d_model=64, heads=4, layers=2, context_length=64),
-    "tiny": dict(d_model=presets["tiny"].d_model, heads=presets["tiny"].heads, layers=presets["tiny"].layers,
-                 context_length=presets["tiny"].context_length),
-    "gpt2-small": dict(d_model=768, heads=12, layers=12, context_length=1024, activation="gelu_tanh",
-                       vocab_size=50257),
+    "tiny": dict(
+        d_model=presets["tiny"].d_model,
+        heads=presets["tiny"].heads,
+        layers=presets["tiny"].layers,
+        context_length=presets["tiny"].context_length,
+    ),
+    "gpt2-small": dict(
+        d_model=768, heads=12, layers=12, context_length=1024, activation="gelu_tanh", vocab_size=50257
+    ),
 }
 
 # Dense bf16 tensor-core peaks in TFLOP/s (vendor data sheets, without sparsity); the first name found
 # in torch.cuda.get_device_name() counts. --peak-tflops overrides it.
 PEAK_BF16_TFLOPS = [
-    ("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("GH200", 989.0), ("B200", 2250.0),
-    ("A100", 312.0), ("A10G", 70.0), ("A10", 125.0), ("L40S", 362.0), ("L40", 181.0), ("L4", 121.0),
-    ("RTX 6000 Ada", 364.0), ("RTX 4090", 165.0), ("RTX 3090", 71.0), ("A6000", 155.0),
+    ("H200", 989.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("GH200", 989.0),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("A10G", 70.0),
+    ("A10", 125.0),
+    ("L40S", 362.0),
+    ("L40", 181.0),
+    ("L4", 121.0),
+    ("RTX 6000 Ada", 364.0),
+    ("RTX 4090", 165.0),
+    ("RTX 3090", 71.0),
+    ("A6000", 155.0),
 ]
 
 
@@ -76,23 +94,35 @@ def peak_memory_mib(device: torch.device) -> tuple[float, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", choices=tuple(SIZES), default="chapter")
-    parser.add_argument("--batch", type=int, default=32, help="global batch (split over processes under torchrun)")
+    parser.add_argument(
+        "--batch", type=int, default=32, help="global batch (split over processes under torchrun)"
+    )
     parser.add_argument("--seq", type=int, default=None, help="sequence length (default: the size's context)")
     parser.add_argument("--steps", type=int, default=100, help="timed steps")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     parser.add_argument("--attention-path", choices=("fused", "einops"), default="fused")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (fullgraph=True)")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak bf16 TFLOP/s for MFU")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="the device's peak bf16 TFLOP/s for MFU"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     rank, world = init_distributed()
-    device = torch.device("cuda", torch.cuda.current_device()) if world > 1 and torch.cuda.is_available() else pick_device(args.device)
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if world > 1 and torch.cuda.is_available()
+        else pick_device(args.device)
+    )
     size = dict(SIZES[args.preset])
     seq = args.seq or size["context_length"]
     if args.preset == "gpt2-small":
@@ -126,14 +156,19 @@ def main(argv: list[str] | None = None) -> int:
     peak = peak_tflops(device, args.peak_tflops)
     memory, what = peak_memory_mib(device)
     if rank == 0:
-        mfu = f"MFU {achieved / (peak * 1e12 * world):.1%} of {peak:g} TFLOP/s bf16 per device" if peak else \
-            "MFU: no peak known for this device (give --peak-tflops)"
-        print(f"{args.preset}: {count_parameters(model):,} parameters, batch {args.batch} x {seq}, "
-              f"{world} process(es) on {describe(device)}{', compiled' if args.compile else ''}, "
-              f"attention {args.attention_path}, torch threads {torch.get_num_threads()}: "
-              f"{rate:,.0f} tokens/s ({seconds / args.steps * 1000:.1f} ms/step), {achieved / 1e12:.2f} TFLOP/s, {mfu}; "
-              f"peak {what} {memory:,.0f} MiB; warm-up ({args.warmup} steps{', compiling' if args.compile else ''}) "
-              f"{warmup_s:.1f} s; final loss {history.losses[-1]:.3f}")
+        mfu = (
+            f"MFU {achieved / (peak * 1e12 * world):.1%} of {peak:g} TFLOP/s bf16 per device"
+            if peak
+            else "MFU: no peak known for this device (give --peak-tflops)"
+        )
+        print(
+            f"{args.preset}: {count_parameters(model):,} parameters, batch {args.batch} x {seq}, "
+            f"{world} process(es) on {describe(device)}{', compiled' if args.compile else ''}, "
+            f"attention {args.attention_path}, torch threads {torch.get_num_threads()}: "
+            f"{rate:,.0f} tokens/s ({seconds / args.steps * 1000:.1f} ms/step), {achieved / 1e12:.2f} TFLOP/s, {mfu}; "
+            f"peak {what} {memory:,.0f} MiB; warm-up ({args.warmup} steps{', compiling' if args.compile else ''}) "
+            f"{warmup_s:.1f} s; final loss {history.losses[-1]:.3f}"
+        )
     return 0
 
 

@@ -12,6 +12,7 @@ the companion is faster. Greedy generations must give identical tokens, or the s
 
 `transformers` comes with the test extras (`pip install -e ".[test]"`); the library never imports it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,19 +21,19 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here reaches the hub
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from companion.decoding import generate  # noqa: E402
-from companion.pretrained import load_pretrained  # noqa: E402
+from companion.decoding import generate
+from companion.pretrained import load_pretrained
 
 # (name, GPT2Config keywords): a small model where per-call overhead shows, and the real 124M one.
 SMALL = dict(n_layer=4, n_embd=256, n_head=4, vocab_size=256, n_positions=512)
@@ -53,8 +54,9 @@ def build_pair(hf_config: dict, directory: Path, device: torch.device, dtype: to
 
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
-    config = transformers.GPT2Config(**hf_config, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                                     bos_token_id=None, eos_token_id=None)
+    config = transformers.GPT2Config(
+        **hf_config, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None
+    )
     theirs = transformers.GPT2LMHeadModel(config).eval()
     theirs.save_pretrained(directory)
     theirs = theirs.to(device=device, dtype=dtype)
@@ -63,20 +65,36 @@ def build_pair(hf_config: dict, directory: Path, device: torch.device, dtype: to
 
 
 def hf_generate(model, prompt: torch.Tensor, n: int, use_cache: bool) -> torch.Tensor:
-    return model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, min_new_tokens=n,
-                          do_sample=False, use_cache=use_cache, pad_token_id=0)
+    return model.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=n,
+        min_new_tokens=n,
+        do_sample=False,
+        use_cache=use_cache,
+        pad_token_id=0,
+    )
 
 
 def next_token_ce(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
 
 
-def workloads(directory: Path, device: torch.device, dtype: torch.dtype, only: list[str] | None) -> list[Work]:
+def workloads(
+    directory: Path, device: torch.device, dtype: torch.dtype, only: list[str] | None
+) -> list[Work]:
     works: list[Work] = []
-    want = (lambda name: only is None or any(o in name for o in only))
+
+    def want(name: str) -> bool:
+        return only is None or any(o in name for o in only)
+
     gen = torch.Generator().manual_seed(1)
-    small_names = ("forward, 4 layers d256, batch 8 x 256", "forward + backward, same",
-                   "greedy generate 128 tokens with cache", "greedy generate 32 tokens without cache")
+    small_names = (
+        "forward, 4 layers d256, batch 8 x 256",
+        "forward + backward, same",
+        "greedy generate 128 tokens with cache",
+        "greedy generate 32 tokens without cache",
+    )
     if any(want(n) for n in small_names):
         theirs, ours = build_pair(SMALL, directory / "small", device, dtype)
         ids = torch.randint(0, SMALL["vocab_size"], (8, 256), generator=gen).to(device)
@@ -100,13 +118,24 @@ def workloads(directory: Path, device: torch.device, dtype: torch.dtype, only: l
             next_token_ce(theirs(ids).logits, ids).backward()
             theirs.zero_grad(set_to_none=True)
 
-        same = (lambda a, b: torch.equal(a.cpu(), b.cpu()))
+        def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+            return torch.equal(a.cpu(), b.cpu())
+
         works += [
             Work(small_names[0], fwd_ours, fwd_theirs),
             Work(small_names[1], train_ours, train_theirs),
-            Work(small_names[2], lambda: generate(ours, prompt, 128), lambda: hf_generate(theirs, prompt, 128, True), same),
-            Work(small_names[3], lambda: generate(ours, prompt, 32, use_cache=False),
-                 lambda: hf_generate(theirs, prompt, 32, False), same),
+            Work(
+                small_names[2],
+                lambda: generate(ours, prompt, 128),
+                lambda: hf_generate(theirs, prompt, 128, True),
+                same,
+            ),
+            Work(
+                small_names[3],
+                lambda: generate(ours, prompt, 32, use_cache=False),
+                lambda: hf_generate(theirs, prompt, 32, False),
+                same,
+            ),
         ]
     big_names = ("gpt2-small forward, batch 1 x 64", "gpt2-small greedy generate 32 tokens with cache")
     if any(want(n) for n in big_names):
@@ -114,9 +143,15 @@ def workloads(directory: Path, device: torch.device, dtype: torch.dtype, only: l
         ids = torch.randint(0, 50257, (1, 64), generator=gen).to(device)
         prompt = torch.randint(0, 50257, (1, 8), generator=gen).to(device)
         works += [
-            Work(big_names[0], torch.no_grad()(lambda: ours(ids)), torch.no_grad()(lambda: theirs(ids).logits)),
-            Work(big_names[1], lambda: generate(ours, prompt, 32), lambda: hf_generate(theirs, prompt, 32, True),
-                 lambda a, b: torch.equal(a.cpu(), b.cpu())),
+            Work(
+                big_names[0], torch.no_grad()(lambda: ours(ids)), torch.no_grad()(lambda: theirs(ids).logits)
+            ),
+            Work(
+                big_names[1],
+                lambda: generate(ours, prompt, 32),
+                lambda: hf_generate(theirs, prompt, 32, True),
+                lambda a, b: torch.equal(a.cpu(), b.cpu()),
+            ),
         ]
     return [w for w in works if want(w.name)]
 
@@ -150,13 +185,22 @@ def compare(work: Work, repeats: int, device: torch.device) -> tuple[float, floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
-                        help="torch CPU thread counts to run (0: leave torch's choice)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="torch CPU thread counts to run (0: leave torch's choice)",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="interleaved runs per row; the best counts")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--only", nargs="+", default=None, help="run only the rows whose name contains one of these")
+    parser.add_argument(
+        "--only", nargs="+", default=None, help="run only the rows whose name contains one of these"
+    )
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     failed = False
@@ -170,24 +214,34 @@ def main(argv: list[str] | None = None) -> int:
                 gc.collect()
                 ours, theirs, agree, ours_cpu, theirs_cpu = compare(work, args.repeats, device)
                 rows[work.name, threads] = (ours, theirs, agree, ours_cpu, theirs_cpu)
-                print(f"{work.name} @ {threads or 'default'} threads: {ours / theirs:.2f} ({ours * 1e3:.1f} / "
-                      f"{theirs * 1e3:.1f} ms), CPU time {ours_cpu / theirs_cpu:.2f}"
-                      f"{'' if agree else ', tokens differ'}", file=sys.stderr, flush=True)
+                print(
+                    f"{work.name} @ {threads or 'default'} threads: {ours / theirs:.2f} ({ours * 1e3:.1f} / "
+                    f"{theirs * 1e3:.1f} ms), CPU time {ours_cpu / theirs_cpu:.2f}"
+                    f"{'' if agree else ', tokens differ'}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 failed |= not agree
     import transformers
 
     label = {t: (f"{t} thread{'s' if t > 1 else ''}" if t else "default threads") for t in args.threads}
     for title, i in (("wall-clock", 0), ("CPU", 3)):
-        print(f"companion / transformers {transformers.__version__}, {title} time on {device.type} {args.dtype}, torch "
-              f"{torch.__version__.split('+')[0]}, best of {args.repeats}, interleaved (below 1: the companion is faster)")
+        print(
+            f"companion / transformers {transformers.__version__}, {title} time on {device.type} {args.dtype}, torch "
+            f"{torch.__version__.split('+')[0]}, best of {args.repeats}, interleaved (below 1: the companion is faster)"
+        )
         print(f"| {'work':<48} |" + "".join(f" {label[t]:>15} |" for t in args.threads) + " same tokens |")
         print("|" + "-" * 50 + "|" + "".join("-" * 17 + "|" for _ in args.threads) + "-------------|")
         for work in works:
-            cells = "".join(f" {rows[work.name, t][i] / rows[work.name, t][i + 1]:>15.2f} |" for t in args.threads)
+            cells = "".join(
+                f" {rows[work.name, t][i] / rows[work.name, t][i + 1]:>15.2f} |" for t in args.threads
+            )
             agree = all(rows[work.name, t][2] for t in args.threads)
             print(f"| {work.name:<48} |{cells} {('yes' if agree else 'NO') if work.same else '':>11} |")
-    print("wall seconds (companion / transformers): " + "; ".join(
-        f"{name} @{t}: {r[0] * 1e3:.1f} / {r[1] * 1e3:.1f} ms" for (name, t), r in rows.items()))
+    print(
+        "wall seconds (companion / transformers): "
+        + "; ".join(f"{name} @{t}: {r[0] * 1e3:.1f} / {r[1] * 1e3:.1f} ms" for (name, t), r in rows.items())
+    )
     if failed:
         print("greedy tokens differ between the companion and transformers", file=sys.stderr)
     return 1 if failed else 0

@@ -7,6 +7,7 @@ attention path; greedy decoding with the bf16 KV cache against fp32 on the CPU; 
 steps of gpt2-small with MFU, tokens/s and peak memory; decode tokens/s against `transformers`; and
 DDP over NCCL when two GPUs are present. A row fails, and the script exits 1, when its check fails.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,14 @@ def row(check: str, result: str, passed: bool | None) -> None:
 
 def run(cmd: list[str], limit: int) -> tuple[int, str]:
     try:
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+        done = subprocess.run(
+            cmd,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=limit,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"},
+        )
         return done.returncode, done.stdout + done.stderr
     except subprocess.TimeoutExpired as e:
         return 124, f"timed out after {limit} s: {(e.stdout or b'')[-400:]!r}"
@@ -47,18 +54,33 @@ def run(cmd: list[str], limit: int) -> tuple[int, str]:
 
 def guarded(name: str):
     """Run a check; an exception becomes a failed row instead of ending the script."""
+
     def wrap(fn):
         try:
             fn()
         except Exception as e:  # noqa: BLE001 - every failure is reported in the table
             row(name, f"{type(e).__name__}: {str(e)[:160]}", False)
         return fn
+
     return wrap
 
 
 def unit_tests() -> None:
-    code, out = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda or compile",
-                     "tests/test_fast_paths.py", "tests/test_compile.py"], 240)
+    code, out = run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-k",
+            "cuda or compile",
+            "tests/test_fast_paths.py",
+            "tests/test_compile.py",
+        ],
+        240,
+    )
     summary = (re.findall(r"\d+ (?:passed|failed|error|skipped)[^\n]*", out) or [out[-200:]])[-1]
     row("CUDA unit tests (bf16 generate vs fp32, compiled generate, compile)", summary.strip(), code == 0)
 
@@ -72,7 +94,7 @@ def training_step_paths() -> None:
         torch.manual_seed(0)
         model = build_model(config.replace(attention_path=path)).cuda().train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-        for step in range(3):
+        for _ in range(3):
             torch.cuda.synchronize()
             start = time.perf_counter()
             with autocast("cuda"):
@@ -83,12 +105,17 @@ def training_step_paths() -> None:
             torch.cuda.synchronize()
             times[path] = time.perf_counter() - start
             losses.setdefault(path, loss.item())
-            grads_ok &= all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+            grads_ok &= all(
+                bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None
+            )
         del model, opt
     close = abs(losses["fused"] - losses["einops"]) < 2e-2 * abs(losses["einops"])
-    row("bf16 autocast training step, gpt2-small 8 x 512, fused vs einops attention",
+    row(
+        "bf16 autocast training step, gpt2-small 8 x 512, fused vs einops attention",
         f"loss {losses['fused']:.4f} vs {losses['einops']:.4f}; {times['fused'] * 1e3:.0f} vs "
-        f"{times['einops'] * 1e3:.0f} ms/step; gradients finite: {grads_ok}", close and grads_ok)
+        f"{times['einops'] * 1e3:.0f} ms/step; gradients finite: {grads_ok}",
+        close and grads_ok,
+    )
 
 
 def bf16_cache() -> None:
@@ -101,8 +128,12 @@ def bf16_cache() -> None:
     torch.manual_seed(0)
     model = build_model(config).cuda()
     data = encode_corpus(text, tokenizer, config.context_length)
-    train(model, random_windows(data, 32, config.context_length), next_token_objective,
-          TrainConfig(steps=150, lr=3e-3, progress=False))
+    train(
+        model,
+        random_windows(data, 32, config.context_length),
+        next_token_objective,
+        TrainConfig(steps=150, lr=3e-3, progress=False),
+    )
     prompt = torch.tensor([tokenizer.encode("def ")])
     n = config.context_length - prompt.shape[1]
     start = time.perf_counter()
@@ -112,32 +143,60 @@ def bf16_cache() -> None:
     model.cpu().float()
     high = generate(model, prompt, n)
     with torch.no_grad():
-        logits = model(high[:, :-1])[0, prompt.shape[1] - 1:]
+        logits = model(high[:, :-1])[0, prompt.shape[1] - 1 :]
     top2 = logits.topk(2, dim=-1).values
-    gaps = (top2[:, 0] - top2[:, 1])
-    differ = (low[0, prompt.shape[1]:] != high[0, prompt.shape[1]:]).nonzero()
+    gaps = top2[:, 0] - top2[:, 1]
+    differ = (low[0, prompt.shape[1] :] != high[0, prompt.shape[1] :]).nonzero()
     if len(differ) == 0:
-        row("bf16 KV cache: greedy tokens on GPU (bf16) vs CPU (fp32), tiny preset trained 150 steps",
-            f"{n} of {n} tokens identical; {n / seconds:,.0f} tokens/s", True)
+        row(
+            "bf16 KV cache: greedy tokens on GPU (bf16) vs CPU (fp32), tiny preset trained 150 steps",
+            f"{n} of {n} tokens identical; {n / seconds:,.0f} tokens/s",
+            True,
+        )
     else:
         i = int(differ[0])
         near_tie = gaps[i].item() < 0.05
-        row("bf16 KV cache: greedy tokens on GPU (bf16) vs CPU (fp32), tiny preset trained 150 steps",
+        row(
+            "bf16 KV cache: greedy tokens on GPU (bf16) vs CPU (fp32), tiny preset trained 150 steps",
             f"identical for {i} of {n} tokens; there fp32's top-2 gap is {gaps[i].item():.3f} "
-            f"({'a near-tie bf16 cannot resolve' if near_tie else 'not a near-tie'})", near_tie)
+            f"({'a near-tie bf16 cannot resolve' if near_tie else 'not a near-tie'})",
+            near_tie,
+        )
     model.cuda()
 
 
 def training_mfu() -> None:
-    code, out = run([sys.executable, "benchmarks/bench_training.py", "--preset", "gpt2-small", "--batch", "16",
-                     "--seq", "1024", "--steps", "50", "--warmup", "5", "--compile"], 300)
+    code, out = run(
+        [
+            sys.executable,
+            "benchmarks/bench_training.py",
+            "--preset",
+            "gpt2-small",
+            "--batch",
+            "16",
+            "--seq",
+            "1024",
+            "--steps",
+            "50",
+            "--warmup",
+            "5",
+            "--compile",
+        ],
+        300,
+    )
     line = out.strip().splitlines()[-1] if out.strip() else ""
-    found = re.search(r"([\d,]+) tokens/s .*?(MFU [^;]+); peak GPU memory allocated ([\d,]+ MiB).*?warm-up[^)]*\) "
-                      r"([\d.]+) s; final loss ([\d.]+)", line)
+    found = re.search(
+        r"([\d,]+) tokens/s .*?(MFU [^;]+); peak GPU memory allocated ([\d,]+ MiB).*?warm-up[^)]*\) "
+        r"([\d.]+) s; final loss ([\d.]+)",
+        line,
+    )
     if code == 0 and found:
-        row("50 compiled bf16 training steps, gpt2-small 16 x 1024",
+        row(
+            "50 compiled bf16 training steps, gpt2-small 16 x 1024",
             f"{found[1]} tokens/s, {found[2]}, peak memory {found[3]}, compile + 5 steps {found[4]} s, "
-            f"loss {found[5]}", True)
+            f"loss {found[5]}",
+            True,
+        )
     else:
         row("50 compiled bf16 training steps, gpt2-small 16 x 1024", f"exit {code}: {out[-300:]}", False)
 
@@ -160,9 +219,11 @@ def decode_vs_transformers() -> None:
                 n = next((v for k, v in tokens.items() if k in work.name), None)
                 rate = f"; {n / ours:,.0f} vs {n / theirs:,.0f} tokens/s" if n else ""
                 same = "" if work.same is None else f"; same tokens: {'yes' if agree else 'no'}"
-                row(f"{work.name}, {str(dtype).replace('torch.', '')}, companion / transformers",
+                row(
+                    f"{work.name}, {str(dtype).replace('torch.', '')}, companion / transformers",
                     f"{ours / theirs:.2f} ({ours * 1e3:.1f} vs {theirs * 1e3:.1f} ms){rate}{same}",
-                    None if dtype == torch.bfloat16 else agree)
+                    None if dtype == torch.bfloat16 else agree,
+                )
 
 
 def ddp() -> None:
@@ -170,12 +231,32 @@ def ddp() -> None:
     if gpus < 2:
         row("DDP over NCCL, 2 processes", f"skipped: {gpus} GPU on this machine", None)
         return
-    code, out = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                     "benchmarks/bench_training.py", "--preset", "tiny", "--batch", "64", "--steps", "30",
-                     "--warmup", "3"], 180)
+    code, out = run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "benchmarks/bench_training.py",
+            "--preset",
+            "tiny",
+            "--batch",
+            "64",
+            "--steps",
+            "30",
+            "--warmup",
+            "3",
+        ],
+        180,
+    )
     line = out.strip().splitlines()[-1] if out.strip() else ""
-    row("DDP over NCCL, 2 processes, tiny preset, global batch 64", line[-200:] if code == 0 else f"exit {code}: {out[-300:]}",
-        code == 0 and "2 process(es)" in line)
+    row(
+        "DDP over NCCL, 2 processes, tiny preset, global batch 64",
+        line[-200:] if code == 0 else f"exit {code}: {out[-300:]}",
+        code == 0 and "2 process(es)" in line,
+    )
 
 
 def main() -> int:
@@ -183,11 +264,19 @@ def main() -> int:
         print("gpu_check: no CUDA device here; nothing to check", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    print(f"gpu_check on {torch.cuda.get_device_name()} ({torch.cuda.device_count()} GPU), torch "
-          f"{torch.__version__}, CUDA {torch.version.cuda}", flush=True)
-    for name, check in [("CUDA unit tests", unit_tests), ("training step paths", training_step_paths),
-                        ("bf16 KV cache", bf16_cache), ("training MFU", training_mfu),
-                        ("decode vs transformers", decode_vs_transformers), ("DDP", ddp)]:
+    print(
+        f"gpu_check on {torch.cuda.get_device_name()} ({torch.cuda.device_count()} GPU), torch "
+        f"{torch.__version__}, CUDA {torch.version.cuda}",
+        flush=True,
+    )
+    for name, check in [
+        ("CUDA unit tests", unit_tests),
+        ("training step paths", training_step_paths),
+        ("bf16 KV cache", bf16_cache),
+        ("training MFU", training_mfu),
+        ("decode vs transformers", decode_vs_transformers),
+        ("DDP", ddp),
+    ]:
         guarded(name)(check)
         torch.cuda.empty_cache()
     print()

@@ -28,6 +28,7 @@ from companion.device import seed_everything
 from companion.layers import FeedForward, LayerNorm, RMSNorm
 from companion.training import (TrainConfig, evaluate_loss, load_checkpoint, next_token_objective, save_checkpoint,
                                 smoothed_cross_entropy, train)
+from helpers import random_ids
 
 LIMIT_S = 60  # no test here may run longer: a loop that never ends fails instead of stalling the suite
 
@@ -75,7 +76,7 @@ def seq2seq():
 
 
 def ids(batch: int = 2, seq: int = 8, seed: int = 0) -> torch.Tensor:
-    return torch.randint(1, V, (batch, seq), generator=torch.Generator().manual_seed(seed))
+    return random_ids((batch, seq), V, seed, low=1)
 
 
 def filled_caches(positions: int = 4, batch: int = 2):

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch._dynamo
 
-from companion import TransformerConfig, build_model, generate
+from companion import generate
 from companion.training import next_token_loss
+from helpers import random_ids, small_model
 
 
 class Counting:
@@ -26,13 +27,11 @@ class Counting:
 
 
 def small(kind="decoder", **changes):
-    torch.manual_seed(0)
-    config = TransformerConfig(kind=kind, vocab_size=37, context_length=48, d_model=32, heads=4, layers=2, **changes)
-    return build_model(config).eval()
+    return small_model(kind, vocab_size=37, context_length=48, d_model=32, heads=4, layers=2, **changes)
 
 
 def ids(shape, seed=0, vocab=37):
-    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
+    return random_ids(shape, vocab, seed)
 
 
 @pytest.fixture(autouse=True)

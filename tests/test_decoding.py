@@ -5,15 +5,14 @@ import math
 import pytest
 import torch
 
-from companion import TransformerConfig, build_model, generate, kv_cache_bytes, new_caches, presets
+from companion import generate, kv_cache_bytes, new_caches, presets
 from companion.decoding import KVCache, filter_top_k, filter_top_p, next_token, step_seconds, stream
+from helpers import small_model
 
 
 def small(kind: str = "decoder", positional: str = "learned", seed: int = 0):
-    torch.manual_seed(seed)
-    config = TransformerConfig(kind=kind, vocab_size=23, context_length=40, d_model=32, heads=4, layers=2,
-                               positional=positional)
-    return build_model(config).eval()
+    return small_model(kind, seed, vocab_size=23, context_length=40, d_model=32, heads=4, layers=2,
+                       positional=positional)
 
 
 @pytest.mark.parametrize("positional", ["learned", "sinusoidal", "rope"])

@@ -1,14 +1,12 @@
 """The exercise generator: exercises/ is in sync with solutions/, and stubs are made as documented."""
 import subprocess
 import sys
-from pathlib import Path
 
 import nbformat
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-import make_exercises  # noqa: E402
+import make_exercises
+from helpers import ROOT
 
 
 def test_exercises_are_in_sync_with_solutions():

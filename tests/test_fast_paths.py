@@ -9,22 +9,21 @@ import pytest
 import torch
 from torch import nn
 
-from companion import TransformerConfig, build_model, generate, new_caches, presets
+from companion import TransformerConfig, generate, new_caches, presets
 from companion.attention import MultiHeadAttention
 from companion.device import autocast, compute_dtype
 from companion.layers import LayerNorm, layer_norm
 from companion.training import TrainConfig, next_token_loss, next_token_objective, train
+from helpers import random_ids, small_model
 
 
 def model_of(seed=0, **changes):
-    torch.manual_seed(seed)
-    config = TransformerConfig(kind="decoder", vocab_size=61, context_length=80, d_model=64, heads=4, layers=2,
-                               **changes)
-    return build_model(config).eval()
+    return small_model("decoder", seed, vocab_size=61, context_length=80, d_model=64, heads=4, layers=2,
+                       **changes)
 
 
 def ids(shape, seed=0, vocab=61):
-    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
+    return random_ids(shape, vocab, seed)
 
 
 # ---------------------------------------------------------------- LayerNorm: kernel and formula

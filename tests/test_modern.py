@@ -11,12 +11,13 @@ from companion.decoding import generate, kv_cache_bytes, new_caches
 from companion.layers import LayerNorm, RMSNorm, SwiGLU
 from companion.training import (TrainConfig, clip_gradients, cross_entropy, gradient_norm, log_softmax,
                                 next_token_objective, softmax, train)
+from helpers import random_ids
 
 SMALL = dict(vocab_size=23, context_length=16, d_model=24, heads=4, layers=2)
 
 
 def _ids(shape, vocab=23, seed=0):
-    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
+    return random_ids(shape, vocab, seed)
 
 
 # ---------------------------------------------------------------- SwiGLU and SiLU

@@ -8,15 +8,11 @@ one that names the file, the cell and the line.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import nbformat
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-from run_notebooks import read_notebook  # noqa: E402
+from helpers import ROOT
+from run_notebooks import read_notebook
 
 WIDTH = 88
 PAGES = sorted((ROOT / "book").glob("*.md"))

@@ -9,13 +9,14 @@ from companion.predecessors import (
     BagOfTokensMLP, CausalCNN, RNNLM, WindowMLP, autograd_depth, causal_conv1d, influence_by_distance, receptive_field,
     recall_accuracy, recall_loss, rnn_loop, rnn_step,
 )
+from helpers import random_ids
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 V, L = 11, 10
 
 
 def ids(batch=3, length=L, seed=0):
-    return torch.randint(0, V, (batch, length), generator=torch.Generator().manual_seed(seed))
+    return random_ids((batch, length), V, seed)
 
 
 @pytest.mark.parametrize("make", [

@@ -17,6 +17,7 @@ from tokenizers import ByteLevelBPETokenizer, BertWordPieceTokenizer
 from companion import DecoderLM, EncoderLM, TransformerConfig, build_model, generate, presets
 from companion.layers import ACTIVATIONS, GELUTanh
 from companion.pretrained import load_pretrained, load_tokenizer
+from helpers import random_ids
 
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
@@ -56,7 +57,7 @@ def bert(request, tmp_path_factory):
 
 
 def _ids(vocab_size, shape, low=0, seed=0):
-    return torch.randint(low, vocab_size, shape, generator=torch.Generator().manual_seed(seed))
+    return random_ids(shape, vocab_size, seed, low)
 
 
 # ---------------------------------------------------------------- GPT-2

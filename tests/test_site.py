@@ -15,21 +15,18 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-
-from check_site import (  # noqa: E402
+from check_site import (
     SiteChecker, broken_links, expected_state, install_chromium, launch, overflow_problems, problems,
     sample_positions, toc_pages,
 )
-from figure_alt import caption_as_alt  # noqa: E402
-from offline_assets import remote_loads  # noqa: E402
+from figure_alt import caption_as_alt
+from helpers import ROOT
+from offline_assets import remote_loads
 
 SITE = Path(os.environ["COURSE_SITE"]).resolve() if os.environ.get("COURSE_SITE") else None
 TOC = Path(os.environ.get("COURSE_TOC", ROOT / "_toc.yml"))

@@ -16,12 +16,10 @@ import nbformat
 import psutil
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-
-import run_notebooks  # noqa: E402
-import tree_guard  # noqa: E402
-import with_limit  # noqa: E402
+import run_notebooks
+import tree_guard
+import with_limit
+from helpers import ROOT
 
 
 def run_in_own_loop(coroutine):

@@ -13,6 +13,7 @@ is moved to each of its values with the keyboard or the mouse, and the drawing t
 one whose data-explorer-state names every control's value. Code blocks and outputs must not scroll
 sideways, in light and in dark mode.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,10 +34,20 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrom
 # Flags of a browser that must not touch the network: no background services, every host unresolvable.
 # (Playwright adds its own: headless, the DevTools pipe, a throw-away profile.)
 CHROMIUM_FLAGS = (
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-    "--no-first-run", "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--disable-quic", "--disable-extensions", "--mute-audio", "--hide-scrollbars",
-    "--host-resolver-rules=MAP * ~NOTFOUND", "--force-device-scale-factor=1",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--disable-extensions",
+    "--mute-audio",
+    "--hide-scrollbars",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+    "--force-device-scale-factor=1",
 )
 VIEWPORT = {"width": 1280, "height": 900}
 SCREENSHOT_MAX_HEIGHT = 12000  # pixels: the whole of most pages, the start of the longest
@@ -58,7 +69,9 @@ def install_chromium() -> str:
         raise RuntimeError("Chromium is not installed and there is no apt-get to install it with")
     prefix = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
     if prefix is None:
-        raise RuntimeError("Chromium is not installed and installing it needs root (apt-get install chromium)")
+        raise RuntimeError(
+            "Chromium is not installed and installing it needs root (apt-get install chromium)"
+        )
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
         result = subprocess.run(prefix + command, capture_output=True, text=True, env=env, timeout=1200)
@@ -67,7 +80,6 @@ def install_chromium() -> str:
     if found := find_chromium():
         return found
     raise RuntimeError("apt-get installed chromium but no chromium binary is on PATH")
-
 
 
 # Runs in the page once it has loaded: waits for MathJax and the widgets, then measures what was drawn.
@@ -215,8 +227,9 @@ def launch(binary: str):
 
     playwright = sync_playwright().start()
     try:
-        return playwright, playwright.chromium.launch(executable_path=binary, args=list(CHROMIUM_FLAGS),
-                                                      headless=True, timeout=60_000)
+        return playwright, playwright.chromium.launch(
+            executable_path=binary, args=list(CHROMIUM_FLAGS), headless=True, timeout=60_000
+        )
     except Exception:
         playwright.stop()
         raise
@@ -225,8 +238,15 @@ def launch(binary: str):
 class SiteChecker:
     """One headless Chromium, driven by Playwright, that opens pages of the built site and reports on them."""
 
-    def __init__(self, site: Path, screenshots: Path | None, binary: str | None = None, *,
-                 browser=None, sample: int = 64) -> None:
+    def __init__(
+        self,
+        site: Path,
+        screenshots: Path | None,
+        binary: str | None = None,
+        *,
+        browser=None,
+        sample: int = 64,
+    ) -> None:
         """binary: the Chromium to launch; or browser: a Playwright Browser already launched (one
         Playwright per thread, so several checkers share one), which close() leaves open."""
         self.site = site.resolve()
@@ -265,8 +285,12 @@ class SiteChecker:
         page.on("console", on_console)
         page.on("pageerror", lambda error: report.console_errors.append(f"uncaught: {str(error)[:300]}"))
         page.on("request", on_request)
-        page.on("requestfailed", lambda request: report.failed_loads.append(
-            f"{request.resource_type}: {request.failure} {request.url[:120]}"))
+        page.on(
+            "requestfailed",
+            lambda request: report.failed_loads.append(
+                f"{request.resource_type}: {request.failure} {request.url[:120]}"
+            ),
+        )
         page.goto(url, wait_until="load")
         return page
 
@@ -280,19 +304,36 @@ class SiteChecker:
         page = self.open(path.as_uri(), report)
         try:
             probe = page.evaluate(PAGE_PROBE)
-            for key in ("broken_images", "images_without_alt", "widget_images_without_alt", "math_total",
-                        "math_untypeset", "math_errors", "widget_views", "widgets_unrendered",
-                        "heading_problems", "contrast_problems", "links", "article_links"):
+            for key in (
+                "broken_images",
+                "images_without_alt",
+                "widget_images_without_alt",
+                "math_total",
+                "math_untypeset",
+                "math_errors",
+                "widget_views",
+                "widgets_unrendered",
+                "heading_problems",
+                "contrast_problems",
+                "links",
+                "article_links",
+            ):
                 setattr(report, key, probe[key])
             for mode in ("light", "dark"):
                 found = page.evaluate(OVERFLOW_PROBE, mode)
                 if found:
                     report.overflow[mode] = found
                 if self.screenshots:
-                    height = min(page.evaluate("document.documentElement.scrollHeight"), SCREENSHOT_MAX_HEIGHT)
+                    height = min(
+                        page.evaluate("document.documentElement.scrollHeight"), SCREENSHOT_MAX_HEIGHT
+                    )
                     out = self.screenshots / f"{page_name.replace('/', '__')}.{mode}.png"
-                    page.screenshot(path=str(out), full_page=True, animations="disabled",
-                                    clip={"x": 0, "y": 0, "width": VIEWPORT["width"], "height": height})
+                    page.screenshot(
+                        path=str(out),
+                        full_page=True,
+                        animations="disabled",
+                        clip={"x": 0, "y": 0, "width": VIEWPORT["width"], "height": height},
+                    )
                     report.screenshots.append(str(out))
             page.evaluate("window.__courseSetMode('light')")
             if explorers:
@@ -335,8 +376,17 @@ class SiteChecker:
                         box.locator(".widget-toggle-button", has_text=option).first.click()
                         self._expect(root, report, label, name, value=option)
 
-    def _expect(self, root, report: PageReport, label: str, name: str, *, index: int | None = None,
-                value: str | None = None, timeout: float = 5.0) -> None:
+    def _expect(
+        self,
+        root,
+        report: PageReport,
+        label: str,
+        name: str,
+        *,
+        index: int | None = None,
+        value: str | None = None,
+        timeout: float = 5.0,
+    ) -> None:
         """Wait until control `name` sits at index/value and one drawing is visible whose state names
         every control's value; record one check, and a failure if that does not happen in time."""
         deadline = time.monotonic() + timeout
@@ -355,7 +405,8 @@ class SiteChecker:
             where = f"position {index}" if index is not None else repr(value)
             report.explorer_failures.append(
                 f"{label}: {name} moved to {where} (control reads {moved['value']!r}), "
-                f"controls say {wanted!r}, visible drawing(s): {shown}")
+                f"controls say {wanted!r}, visible drawing(s): {shown}"
+            )
 
     def search(self, query: str, base: str | None = None) -> tuple[list[tuple[str, str]], list[str]]:
         """The (title, address) results that the site's own search page lists for the query, and the
@@ -364,17 +415,22 @@ class SiteChecker:
         url = (base.rstrip("/") if base else self.site.as_uri()) + f"/search.html?q={quote(query)}"
         page = self.open(url, report)
         try:
-            page.wait_for_function("""() => {
+            page.wait_for_function(
+                """() => {
                 const summary = document.querySelector("#search-results .search-summary, .search-summary");
                 return summary && summary.textContent.trim() && !/Searching|Preparing/.test(summary.textContent);
-            }""", timeout=20_000)
-            results = page.eval_on_selector_all("#search-results ul.search li a",
-                                                "links => links.map((a) => [a.textContent.trim(), a.href])")
+            }""",
+                timeout=20_000,
+            )
+            results = page.eval_on_selector_all(
+                "#search-results ul.search li a", "links => links.map((a) => [a.textContent.trim(), a.href])"
+            )
             page.wait_for_timeout(300)
         finally:
             page.close()
         return [tuple(r) for r in results], report.console_errors + [
-            f"network request: {u}" for u in report.network_requests]
+            f"network request: {u}" for u in report.network_requests
+        ]
 
 
 def problems(report: PageReport) -> list[str]:
@@ -382,8 +438,10 @@ def problems(report: PageReport) -> list[str]:
     out = [f"console error: {e}" for e in report.console_errors]
     out += [f"network request (the site must work offline): {u}" for u in report.network_requests]
     out += [f"image did not load: {i}" for i in report.broken_images]
-    out += [f"image without alt text (give its cell `mystnb: image: alt:` or `mystnb: figure: caption:`): {i}"
-            for i in report.images_without_alt]
+    out += [
+        f"image without alt text (give its cell `mystnb: image: alt:` or `mystnb: figure: caption:`): {i}"
+        for i in report.images_without_alt
+    ]
     out += [f"math not typeset: {m}" for m in report.math_untypeset]
     out += [f"MathJax error: {m}" for m in report.math_errors]
     if report.widgets_unrendered:
@@ -398,11 +456,15 @@ def problems(report: PageReport) -> list[str]:
 
 def overflow_problems(report: PageReport) -> list[str]:
     """Code blocks and outputs that scroll sideways, per colour mode (a separate check: see issue 17)."""
-    return [f"scrolls sideways ({mode} mode): {item}" for mode, items in report.overflow.items() for item in items]
+    return [
+        f"scrolls sideways ({mode} mode): {item}" for mode, items in report.overflow.items() for item in items
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("site", type=Path, nargs="?", default=ROOT / "_build" / "html")
     parser.add_argument("--toc", type=Path, default=ROOT / "_toc.yml")
     parser.add_argument("--screenshots", type=Path, default=None, help="default: SITE/../screenshots")
@@ -416,11 +478,16 @@ def main(argv: list[str] | None = None) -> int:
             found = problems(report)
             failed += bool(found)
             found += overflow_problems(report)
-            print(f"{'FAIL' if found else 'ok  '} {page} ({report.seconds:.1f} s, {report.math_total} math, "
-                  f"{report.widget_views} widgets, {report.explorer_checks} explorer moves, "
-                  f"{len(report.links)} links)", flush=True)
+            print(
+                f"{'FAIL' if found else 'ok  '} {page} ({report.seconds:.1f} s, {report.math_total} math, "
+                f"{report.widget_views} widgets, {report.explorer_checks} explorer moves, "
+                f"{len(report.links)} links)",
+                flush=True,
+            )
             if report.widget_images_without_alt:
-                print(f"     exception: {report.widget_images_without_alt} image(s) drawn by widgets have no alt text")
+                print(
+                    f"     exception: {report.widget_images_without_alt} image(s) drawn by widgets have no alt text"
+                )
             for line in found:
                 print(f"     {line}")
     finally:

@@ -4,6 +4,7 @@ Notebook outputs reach the page as images whose alt defaults to their file name,
 reader nothing. A cell with `mystnb: image: alt: ...` keeps its own text; a cell with only
 `mystnb: figure: caption: ...` gets the caption. tests/test_site.py fails a page whose images have neither.
 """
+
 from __future__ import annotations
 
 from docutils import nodes

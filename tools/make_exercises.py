@@ -13,6 +13,7 @@ questions, read from the solutions notebook so it cannot fall out of step with i
     python tools/make_exercises.py solutions/02_attention.ipynb   # only this one
     python tools/make_exercises.py --check                        # exit 1 if exercises/ is out of date
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,7 +88,9 @@ def exercise_table(solution: nbformat.NotebookNode, where: str) -> list[tuple[st
                 pending[name] = title
         for checker, name in CHECK_CALL.findall(cell.source):
             if name not in pending:
-                raise ValueError(f"{where}, cell {index}: {checker}({name}) checks a function no exercise defines")
+                raise ValueError(
+                    f"{where}, cell {index}: {checker}({name}) checks a function no exercise defines"
+                )
             rows.append((pending.pop(name), f"`{name}`", f"`{checker}({name})`"))
     if pending:
         missing = ", ".join(sorted(pending))
@@ -142,7 +145,9 @@ def make_exercise(solution: nbformat.NotebookNode, where: str) -> nbformat.Noteb
             cell.metadata["tags"] = tags
     if stubs == 0:
         raise ValueError(f"{where} has no '# BEGIN SOLUTION' block: nothing for a learner to write")
-    header = nbformat.v4.new_markdown_cell(header_source(Path(where).name, rows), metadata={"tags": [HEADER_TAG]})
+    header = nbformat.v4.new_markdown_cell(
+        header_source(Path(where).name, rows), metadata={"tags": [HEADER_TAG]}
+    )
     header["id"] = HEADER_TAG  # a fixed id, so the generated notebook is the same on every run
     at = 1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0  # after the title
     nb.cells.insert(at, header)
@@ -155,9 +160,15 @@ def render(nb: nbformat.NotebookNode) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="do not write; fail if exercises/ is out of date")
-    parser.add_argument("notebooks", nargs="*", type=Path, help="solutions notebooks to convert (default: all)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="do not write; fail if exercises/ is out of date"
+    )
+    parser.add_argument(
+        "notebooks", nargs="*", type=Path, help="solutions notebooks to convert (default: all)"
+    )
     args = parser.parse_args(argv)
     every = sorted((ROOT / "solutions").glob("*.ipynb"))
     solutions = [p.resolve() for p in args.notebooks] or every
@@ -184,8 +195,10 @@ def main(argv: list[str] | None = None) -> int:
             tmp.write_text(text)
             tmp.replace(target)  # atomic: a failed run never leaves half a notebook
             print(f"wrote {target.relative_to(ROOT)}")
-    extra = [] if args.notebooks else sorted(
-        p.name for p in (ROOT / "exercises").glob("*.ipynb") if p.name not in expected_names
+    extra = (
+        []
+        if args.notebooks
+        else sorted(p.name for p in (ROOT / "exercises").glob("*.ipynb") if p.name not in expected_names)
     )
     if args.check and (stale or extra):
         for name in stale:

@@ -11,6 +11,7 @@ _static/vendor/. This file is both a command and the Sphinx extension that _conf
 As an extension it fetches them when missing, adds them to the site, and after the build fails it
 (as a warning, an error under -W) for any page that loads a script or stylesheet from the network.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,13 +43,19 @@ class Package:
 
 
 PACKAGES = (
-    Package("requirejs", "2.3.8",
-            "sha512-7/cTSLOdYkNBNJcDMWf+luFvMriVm7eYxp4BcFCsAX0wF421Vyce5SXP17c+Jd5otXKGNehIonFlyQXSowL6Mw==",
-            (r"require\.js",)),
+    Package(
+        "requirejs",
+        "2.3.8",
+        "sha512-7/cTSLOdYkNBNJcDMWf+luFvMriVm7eYxp4BcFCsAX0wF421Vyce5SXP17c+Jd5otXKGNehIonFlyQXSowL6Mw==",
+        (r"require\.js",),
+    ),
     # 1.0.x is the manager of ipywidgets 8; its bundle holds the base, controls and output widgets.
-    Package("@jupyter-widgets/html-manager", "1.0.15",
-            "sha512-5thBIV6ymNgmPVOHvzx+gGy8ZSKmSazhtGw4/c4xJDVzRhG9PTeQsRjF3FUTopvFi//SABeNz1yp47bCrJ3CQA==",
-            (r"dist/embed-amd\.js", r"dist/[0-9a-f]+\.woff2?")),
+    Package(
+        "@jupyter-widgets/html-manager",
+        "1.0.15",
+        "sha512-5thBIV6ymNgmPVOHvzx+gGy8ZSKmSazhtGw4/c4xJDVzRhG9PTeQsRjF3FUTopvFi//SABeNz1yp47bCrJ3CQA==",
+        (r"dist/embed-amd\.js", r"dist/[0-9a-f]+\.woff2?"),
+    ),
 )
 
 # The bundle derives the address of its icon fonts as `${url.origin}${url.pathname}`; a page opened from
@@ -57,7 +64,6 @@ PACKAGES = (
 PUBLIC_PATH = re.compile(r"(\w)\.p=`\$\{(\w)\.origin\}\$\{\2\.pathname\}`")
 PUBLIC_PATH_FIX = r'\1.p=(\2.search="",\2.hash="",\2.href)'
 PUBLIC_PATH_COUNT = 5  # occurrences in html-manager 1.0.15: a new version must be looked at again
-
 
 
 def sri(data: bytes) -> str:
@@ -79,17 +85,25 @@ def npm_pack(package: Package, folder: Path) -> bytes:
     """Download one pinned tarball with npm (the registry's ordinary client) and check its integrity."""
     npm = shutil.which("npm")
     if npm is None:
-        raise RuntimeError("npm is not installed; it fetches require.js and the widget manager once "
-                           "(Debian: apt-get install npm), after which the build needs no network")
+        raise RuntimeError(
+            "npm is not installed; it fetches require.js and the widget manager once "
+            "(Debian: apt-get install npm), after which the build needs no network"
+        )
     spec = f"{package.name}@{package.version}"
-    result = subprocess.run([npm, "pack", spec, "--json", "--pack-destination", str(folder)],
-                            capture_output=True, text=True, cwd=folder)
+    result = subprocess.run(
+        [npm, "pack", spec, "--json", "--pack-destination", str(folder)],
+        capture_output=True,
+        text=True,
+        cwd=folder,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"npm pack {spec} failed:\n{result.stderr.strip()}")
     filename = json.loads(result.stdout)[0]["filename"]
     data = (folder / filename).read_bytes()
     if sri(data) != package.integrity:
-        raise RuntimeError(f"{spec}: the tarball's integrity {sri(data)} is not the pinned {package.integrity}")
+        raise RuntimeError(
+            f"{spec}: the tarball's integrity {sri(data)} is not the pinned {package.integrity}"
+        )
     return data
 
 
@@ -107,8 +121,10 @@ def extract(package: Package, data: bytes, target: Path) -> list[str]:
             if name == "embed-amd.js":
                 text, count = PUBLIC_PATH.subn(PUBLIC_PATH_FIX, content.decode())
                 if count != PUBLIC_PATH_COUNT:
-                    raise RuntimeError(f"{package.name}@{package.version}: expected {PUBLIC_PATH_COUNT} "
-                                       f"public-path expressions to fix in embed-amd.js, found {count}")
+                    raise RuntimeError(
+                        f"{package.name}@{package.version}: expected {PUBLIC_PATH_COUNT} "
+                        f"public-path expressions to fix in embed-amd.js, found {count}"
+                    )
                 content = text.encode()
             (target / name).write_bytes(content)
             written.append(name)
@@ -149,8 +165,9 @@ def fetch(force: bool = False) -> Path:
 # --- the Sphinx extension ---------------------------------------------------------------------------
 
 REMOTE = re.compile(r"""<(script|link)\b[^>]*?\b(src|href)\s*=\s*["'](?:https?:)?//""", re.IGNORECASE)
-STYLESHEET_OR_SCRIPT = re.compile(r"""<script\b|<link\b[^>]*rel=["'][^"']*(stylesheet|preload|icon)""",
-                                  re.IGNORECASE)
+STYLESHEET_OR_SCRIPT = re.compile(
+    r"""<script\b|<link\b[^>]*rel=["'][^"']*(stylesheet|preload|icon)""", re.IGNORECASE
+)
 
 
 def remote_loads(html: str) -> list[str]:
@@ -166,6 +183,7 @@ def _builder_inited(app) -> None:
     if app.builder.format != "html":
         return
     from sphinx.errors import ExtensionError
+
     try:
         fetch()
     except RuntimeError as error:
@@ -192,19 +210,26 @@ def _page_assets(app, pagename, templatename, context, doctree) -> None:
         kept.append(script)
     context["script_files"] = kept
     if not thebe_on:
-        context["css_files"] = [c for c in context.get("css_files", [])
-                                if not (getattr(c, "filename", str(c)) or "").endswith("sphinx-thebe.css")]
+        context["css_files"] = [
+            c
+            for c in context.get("css_files", [])
+            if not (getattr(c, "filename", str(c)) or "").endswith("sphinx-thebe.css")
+        ]
 
 
 def _build_finished(app, exception) -> None:
     if exception is not None or app.builder.format != "html":
         return
     from sphinx.util import logging
+
     logger = logging.getLogger(__name__)
     for page in sorted(Path(app.outdir).rglob("*.html")):
         for tag in remote_loads(page.read_text(errors="replace")):
-            logger.warning(f"{page.relative_to(app.outdir)} loads from the network, so it breaks offline: "
-                           f"{tag[:200]}", type="offline", subtype="remote")
+            logger.warning(
+                f"{page.relative_to(app.outdir)} loads from the network, so it breaks offline: {tag[:200]}",
+                type="offline",
+                subtype="remote",
+            )
 
 
 def setup(app) -> dict:
@@ -215,16 +240,22 @@ def setup(app) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="do not fetch; exit 1 unless the files are there")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="do not fetch; exit 1 unless the files are there"
+    )
     parser.add_argument("--force", action="store_true", help="fetch again even if the files are there")
     args = parser.parse_args(argv)
     if args.check:
         if is_current():
             print(f"offline assets are current in {VENDOR.relative_to(ROOT)}")
             return 0
-        print(f"offline assets are missing or stale in {VENDOR.relative_to(ROOT)}: run tools/offline_assets.py",
-              file=sys.stderr)
+        print(
+            f"offline assets are missing or stale in {VENDOR.relative_to(ROOT)}: run tools/offline_assets.py",
+            file=sys.stderr,
+        )
         return 1
     try:
         print(f"offline assets in {fetch(force=args.force).relative_to(ROOT)}")

@@ -15,6 +15,7 @@ same order on every machine, and two kernels side by side on two cores do not fi
 A notebook that fails or times out is left untouched on disk (and out of the cache); the reason is
 printed, and the exit status is 1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import nbformat
 import psutil
+
 from with_limit import kill_tree
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -41,7 +43,9 @@ def read_notebook(path: Path) -> nbformat.NotebookNode:
     from myst_nb.core.read import read_myst_markdown_notebook
     from myst_parser.config.main import MdParserConfig
 
-    return read_myst_markdown_notebook(path.read_text(encoding="utf-8"), MdParserConfig(), add_source_map=True)
+    return read_myst_markdown_notebook(
+        path.read_text(encoding="utf-8"), MdParserConfig(), add_source_map=True
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -100,8 +104,13 @@ def _child(source: Path, out: Path, progress: Path, cell_timeout: int) -> int:
         tmp.replace(progress)
 
     client = Client(
-        nb, timeout=cell_timeout, kernel_name="python3", allow_errors=False, record_timing=False,
-        resources={"metadata": {"path": str(source.parent)}}, on_cell_start=on_cell_start,
+        nb,
+        timeout=cell_timeout,
+        kernel_name="python3",
+        allow_errors=False,
+        record_timing=False,
+        resources={"metadata": {"path": str(source.parent)}},
+        on_cell_start=on_cell_start,
     )
     client.execute()
     nbformat.write(nb, out)
@@ -141,8 +150,10 @@ class Run:
         except (OSError, ValueError):
             return "before its first cell (kernel start-up)"
         ago = time.time() - note["started"]
-        return (f"in cell {note['cell']} of {note['cells']} (started {ago:.0f} s ago), "
-                f"which begins: {note['first_line']!r}")
+        return (
+            f"in cell {note['cell']} of {note['cells']} (started {ago:.0f} s ago), "
+            f"which begins: {note['first_line']!r}"
+        )
 
 
 def busy_state(pid: int) -> str:
@@ -164,8 +175,19 @@ def start(path: Path, cell_timeout: int, threads: int) -> Run:
     env.pop("MPLBACKEND", None)  # kernels keep matplotlib's inline backend, or figures vanish
     with open(folder / LOG, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, __file__, "--child", str(path), str(folder / OUT), str(folder / PROGRESS), str(cell_timeout)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                str(path),
+                str(folder / OUT),
+                str(folder / PROGRESS),
+                str(cell_timeout),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
     return Run(path, proc, workdir)
 
@@ -185,7 +207,8 @@ def finish(run: Run, cache_dir: Path | None, store: bool) -> str | None:
 
         get_cache(str(cache_dir)).cache_notebook_bundle(
             CacheBundleIn(nb, str(run.path.resolve()), data={"execution_seconds": elapsed}),
-            check_validity=False, overwrite=True,
+            check_validity=False,
+            overwrite=True,
         )
     elif run.path.suffix == ".ipynb":
         tmp = Path(tempfile.mkstemp(prefix=f".{run.path.name}.", suffix=".tmp", dir=run.path.parent)[1])
@@ -207,8 +230,17 @@ def is_cached(path: Path, cache_dir: Path) -> bool:
     return True
 
 
-def run_all(paths: list[Path], *, jobs: int = 1, limit: int = 900, cell_timeout: int = 600,
-            cache_dir: Path | None = None, store: bool = True, threads: int = 1, log=print) -> dict[Path, str | None]:
+def run_all(
+    paths: list[Path],
+    *,
+    jobs: int = 1,
+    limit: int = 900,
+    cell_timeout: int = 600,
+    cache_dir: Path | None = None,
+    store: bool = True,
+    threads: int = 1,
+    log=print,
+) -> dict[Path, str | None]:
     """Execute each notebook (at most `jobs` at once); returns {path: None on success, else the error}.
 
     With `store`, a notebook that succeeds is written back in place (an .ipynb) or into `cache_dir`;
@@ -232,8 +264,10 @@ def run_all(paths: list[Path], *, jobs: int = 1, limit: int = 900, cell_timeout:
             if run.proc.poll() is None and elapsed > limit:
                 where, busy = run.where(), busy_state(run.proc.pid)
                 kill_tree(run.proc.pid)
-                results[run.path] = (f"killed after {limit} s, the limit for one notebook; it was {where}; "
-                                     f"its kernel was using {busy}")
+                results[run.path] = (
+                    f"killed after {limit} s, the limit for one notebook; it was {where}; "
+                    f"its kernel was using {busy}"
+                )
             elif run.proc.poll() is not None:
                 results[run.path] = finish(run, cache_dir, store)
             else:
@@ -252,27 +286,52 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["--child"]:
         source, out, progress, cell_timeout = argv[1:]
         return _child(Path(source), Path(out), Path(progress), int(cell_timeout))
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("paths", nargs="+", type=Path, help=".ipynb notebooks or MyST-Markdown pages")
     parser.add_argument("--jobs", type=int, default=1, help="notebooks executed at once (default 1)")
-    parser.add_argument("--limit", type=int, default=900, help="wall-clock seconds for one notebook (default 900)")
+    parser.add_argument(
+        "--limit", type=int, default=900, help="wall-clock seconds for one notebook (default 900)"
+    )
     parser.add_argument("--cell-timeout", type=int, default=600, help="seconds for one cell (default 600)")
-    parser.add_argument("--threads", type=int, default=1, help="threads for each kernel (default 1, as stored outputs are written)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads for each kernel (default 1, as stored outputs are written)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="execute and report, but store nothing")
     parser.add_argument("--cache", type=Path, help="store results in this jupyter-cache instead of in place")
     args = parser.parse_args(argv)
-    for name, value in (("--jobs", args.jobs), ("--limit", args.limit), ("--cell-timeout", args.cell_timeout),
-                        ("--threads", args.threads)):
+    for name, value in (
+        ("--jobs", args.jobs),
+        ("--limit", args.limit),
+        ("--cell-timeout", args.cell_timeout),
+        ("--threads", args.threads),
+    ):
         if value < 1:
             parser.error(f"{name} must be a positive integer, got {value}")
     missing = [str(p) for p in args.paths if not p.is_file()]
     if missing:
         parser.error(f"no such notebook: {', '.join(missing)}")
-    md_without_cache = [str(p) for p in args.paths if p.suffix != ".ipynb" and args.cache is None and not args.dry_run]
+    md_without_cache = [
+        str(p) for p in args.paths if p.suffix != ".ipynb" and args.cache is None and not args.dry_run
+    ]
     if md_without_cache:
-        parser.error(f"a Markdown page has nowhere to keep its outputs; pass --cache DIR for {', '.join(md_without_cache)}")
-    results = run_all(args.paths, jobs=args.jobs, limit=args.limit, cell_timeout=args.cell_timeout,
-                      cache_dir=args.cache, store=not args.dry_run, threads=args.threads, log=lambda line: print(line, flush=True))
+        parser.error(
+            f"a Markdown page has nowhere to keep its outputs; pass --cache DIR for {', '.join(md_without_cache)}"
+        )
+    results = run_all(
+        args.paths,
+        jobs=args.jobs,
+        limit=args.limit,
+        cell_timeout=args.cell_timeout,
+        cache_dir=args.cache,
+        store=not args.dry_run,
+        threads=args.threads,
+        log=lambda line: print(line, flush=True),
+    )
     failed = [str(path) for path, error in results.items() if error is not None]
     if failed:
         print(f"{len(failed)} of {len(results)} notebooks failed: {', '.join(failed)}", file=sys.stderr)

@@ -8,6 +8,7 @@ changed, untracked files and ignored ones all count (a stray `x` or `model.pt` i
 though `*.pt` is ignored); only the places a run is meant to write are left out: the virtual
 environment, `_build/`, Python's bytecode caches and pytest's cache.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,7 +25,10 @@ def state(root: Path = ROOT) -> dict[str, str]:
     """{path: content hash} of every file that differs from the last commit, is untracked or ignored."""
     out = subprocess.run(
         ["git", "status", "--porcelain=v1", "-z", "--untracked-files=all", "--ignored=matching"],
-        cwd=root, capture_output=True, check=True, timeout=120,
+        cwd=root,
+        capture_output=True,
+        check=True,
+        timeout=120,
     ).stdout.decode()
     files: dict[str, str] = {}
     entries = out.split("\0")
@@ -54,7 +58,10 @@ def main(argv: list[str], root: Path = ROOT) -> int:
         snapshot.write_text(json.dumps(state(root), indent=1))
         return 0
     if not snapshot.exists():
-        print(f"tree_guard.py: no snapshot at {snapshot}; run `tree_guard.py snapshot` before the run", file=sys.stderr)
+        print(
+            f"tree_guard.py: no snapshot at {snapshot}; run `tree_guard.py snapshot` before the run",
+            file=sys.stderr,
+        )
         return 2
     before, after = json.loads(snapshot.read_text()), state(root)
 
@@ -62,14 +69,26 @@ def main(argv: list[str], root: Path = ROOT) -> int:
         return {"??": "added", "!!": "added", " D": "removed", "D ": "removed"}.get(status[:2], "changed")
 
     changes = [f"  {what(after[p]) + ':':8} {p}" for p in sorted(after.keys() - before.keys())]
-    changes += [f"  {'changed:' if (root / p).exists() else 'removed:':8} {p}"
-                for p in sorted(before.keys() - after.keys())]
-    changes += [f"  {what(after[p]) + ':':8} {p}" for p in sorted(before.keys() & after.keys()) if before[p] != after[p]]
+    changes += [
+        f"  {'changed:' if (root / p).exists() else 'removed:':8} {p}"
+        for p in sorted(before.keys() - after.keys())
+    ]
+    changes += [
+        f"  {what(after[p]) + ':':8} {p}"
+        for p in sorted(before.keys() & after.keys())
+        if before[p] != after[p]
+    ]
     if changes:
-        print("The run wrote into the source tree (it may write only to .venv/ and _build/):", *changes,
-              sep="\n", file=sys.stderr)
+        print(
+            "The run wrote into the source tree (it may write only to .venv/ and _build/):",
+            *changes,
+            sep="\n",
+            file=sys.stderr,
+        )
         return 1
-    print(f"The source tree is as it was before the run ({len(after)} changed or untracked files, none touched).")
+    print(
+        f"The source tree is as it was before the run ({len(after)} changed or untracked files, none touched)."
+    )
     return 0
 
 

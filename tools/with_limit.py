@@ -8,6 +8,7 @@ naming the command and the limit is printed, and the exit status is 124, as GNU 
 Otherwise the command's own exit status is returned. Works wherever Python does (macOS has no
 `timeout`).
 """
+
 from __future__ import annotations
 
 import shlex
@@ -35,7 +36,10 @@ def kill_tree(pid: int) -> None:
 def main(argv: list[str]) -> int:
     if len(argv) < 2 or not argv[0].isdigit() or int(argv[0]) < 1:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
-        print(f"with_limit.py: expected a positive number of seconds and a command, got {argv!r}", file=sys.stderr)
+        print(
+            f"with_limit.py: expected a positive number of seconds and a command, got {argv!r}",
+            file=sys.stderr,
+        )
         return 2
     limit, command = int(argv[0]), argv[1:]
     proc = subprocess.Popen(command, start_new_session=True)
@@ -43,8 +47,12 @@ def main(argv: list[str]) -> int:
         return proc.wait(timeout=limit)
     except subprocess.TimeoutExpired:
         kill_tree(proc.pid)
-        print(f"\nwith_limit.py: `{shlex.join(command)}` was still running after {limit} s, its hard limit; "
-              "killed it and everything it started", file=sys.stderr, flush=True)
+        print(
+            f"\nwith_limit.py: `{shlex.join(command)}` was still running after {limit} s, its hard limit; "
+            "killed it and everything it started",
+            file=sys.stderr,
+            flush=True,
+        )
         return 124
     except KeyboardInterrupt:
         kill_tree(proc.pid)
