@@ -5,7 +5,7 @@ Chapter 5 (assembling the transformer) explains every field; chapter 2 uses the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 
 from .attention import ATTENTION_PATHS
 from .layers import ACTIVATIONS, GATED, NORM_TYPES, NORMS
@@ -150,7 +150,7 @@ class TransformerConfig:
         unknown = sorted(set(changes) - set(names))
         if unknown:
             raise TypeError(f"TransformerConfig has no field {unknown[0]!r}; its fields are {', '.join(names)}")
-        return replace(self, **{name: None for name in self._defaulted} | changes)
+        return replace(self, **dict.fromkeys(self._defaulted) | changes)
 
 
 class UnknownPresetError(KeyError):

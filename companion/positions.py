@@ -4,7 +4,6 @@ Chapter 3 (embeddings and positional encodings) explains them.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch

@@ -22,10 +22,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .data import IGNORE_INDEX  # noqa: F401  (defined with the targets it marks; also training.IGNORE_INDEX)
+from .data import IGNORE_INDEX  # defined with the targets it marks; training.IGNORE_INDEX is the same
 from .device import autocast, check_device
 from .validation import expect, flag, fraction, is_number, is_whole, one_of, positive_number, whole_number
-
 
 # ---------------------------------------------------------------- softmax, cross-entropy, clipping
 

@@ -6,6 +6,7 @@ so a learner who passes `layers=0` to any part of the library reads the same sen
 returns nothing and raises ValueError (a value out of range) or TypeError (a tensor of the wrong kind).
 This module imports nothing from the rest of the companion, so every other module can use it.
 """
+
 from __future__ import annotations
 
 import math
@@ -73,16 +74,19 @@ def one_of(name: str, value, options, note: str = "") -> None:
 
 
 def token_ids(name: str, ids, vocab_size: int) -> None:
-    """ids is an integer tensor (batch, seq) with seq >= 1 and every id in [0, vocab_size)."""
+    """ids is an integer tensor (batch, seq), neither axis empty, every id in [0, vocab_size)."""
     if not isinstance(ids, Tensor):
-        raise TypeError(f"{name} is a {type(ids).__name__}: "
-                        "expected a torch.Tensor of integer token ids (torch.long)")
+        raise TypeError(
+            f"{name} is a {type(ids).__name__}: expected a torch.Tensor of integer token ids (torch.long)"
+        )
     if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.dtype.is_complex:
         raise TypeError(f"{name} has dtype {ids.dtype}: expected integer token ids (torch.long)")
     if ids.dim() != 2 or 0 in ids.shape:
-        raise ValueError(f"{name} has shape {tuple(ids.shape)}: "
-                         "expected 2 dims (batch, seq), each at least 1")
+        raise ValueError(
+            f"{name} has shape {tuple(ids.shape)}: expected 2 dims (batch, seq), each at least 1"
+        )
     low, high = int(ids.min()), int(ids.max())
     if low < 0 or high >= vocab_size:
-        raise ValueError(f"{name} holds token ids in [{low}, {high}]: "
-                         f"expected ids in the vocabulary [0, {vocab_size - 1}]")
+        raise ValueError(
+            f"{name} holds token ids in [{low}, {high}]: expected ids in the vocabulary [0, {vocab_size - 1}]"
+        )

@@ -1,5 +1,6 @@
 """The shared argument checks (companion/validation.py), the eval-mode context manager, and the config's
 filled-in defaults."""
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,18 @@ import torch
 
 from companion.config import TransformerConfig, presets, swiglu_width
 from companion.training import evaluating
-from companion.validation import (expect, flag, fraction, is_number, is_whole, one_of, positive_number, sizes,
-                                  token_ids, whole_number)
+from companion.validation import (
+    expect,
+    flag,
+    fraction,
+    is_number,
+    is_whole,
+    one_of,
+    positive_number,
+    sizes,
+    token_ids,
+    whole_number,
+)
 
 
 @pytest.mark.parametrize("value", [1, 7, 10**9])
@@ -85,17 +96,23 @@ def test_token_ids_accepts_a_batch_of_ids_in_the_vocabulary():
     token_ids("ids", torch.tensor([[0, 4], [2, 1]]), vocab_size=5)
 
 
-@pytest.mark.parametrize("ids, error, message", [
-    ([[1, 2]], TypeError, "ids is a list: expected a torch.Tensor of integer token ids"),
-    (torch.zeros(1, 2), TypeError, "ids has dtype torch.float32: expected integer token ids"),
-    (torch.zeros(1, 2, dtype=torch.bool), TypeError, "ids has dtype torch.bool"),
-    (torch.zeros(3, dtype=torch.long), ValueError, "ids has shape (3,): expected 2 dims (batch, seq)"),
-    (torch.zeros(2, 0, dtype=torch.long), ValueError, "ids has shape (2, 0)"),
-    (torch.zeros(0, 3, dtype=torch.long), ValueError, "ids has shape (0, 3)"),
-    (torch.tensor([[0, 5]]), ValueError,
-     "ids holds token ids in [0, 5]: expected ids in the vocabulary [0, 4]"),
-    (torch.tensor([[-1, 2]]), ValueError, "ids holds token ids in [-1, 2]"),
-])
+@pytest.mark.parametrize(
+    "ids, error, message",
+    [
+        ([[1, 2]], TypeError, "ids is a list: expected a torch.Tensor of integer token ids"),
+        (torch.zeros(1, 2), TypeError, "ids has dtype torch.float32: expected integer token ids"),
+        (torch.zeros(1, 2, dtype=torch.bool), TypeError, "ids has dtype torch.bool"),
+        (torch.zeros(3, dtype=torch.long), ValueError, "ids has shape (3,): expected 2 dims (batch, seq)"),
+        (torch.zeros(2, 0, dtype=torch.long), ValueError, "ids has shape (2, 0)"),
+        (torch.zeros(0, 3, dtype=torch.long), ValueError, "ids has shape (0, 3)"),
+        (
+            torch.tensor([[0, 5]]),
+            ValueError,
+            "ids holds token ids in [0, 5]: expected ids in the vocabulary [0, 4]",
+        ),
+        (torch.tensor([[-1, 2]]), ValueError, "ids holds token ids in [-1, 2]"),
+    ],
+)
 def test_token_ids_says_what_is_wrong(ids, error, message):
     with pytest.raises(error, match=re.escape(message)):
         token_ids("ids", ids, vocab_size=5)
@@ -111,9 +128,8 @@ def test_evaluating_switches_to_eval_mode_and_restores_the_mode_it_found(trainin
 
 def test_evaluating_restores_the_mode_when_the_block_raises():
     model = torch.nn.Dropout(0.5).train()
-    with pytest.raises(RuntimeError, match="inside"):
-        with evaluating(model):
-            raise RuntimeError("inside")
+    with pytest.raises(RuntimeError, match="inside"), evaluating(model):
+        raise RuntimeError("inside")
     assert model.training
 
 

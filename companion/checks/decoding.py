@@ -1,7 +1,6 @@
 """Checkers for the chapter 6 (decoder inference and the KV cache) exercises."""
 from __future__ import annotations
 
-
 import torch
 from einops import einsum
 from torch import Tensor
