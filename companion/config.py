@@ -5,10 +5,11 @@ Chapter 5 (assembling the transformer) explains every field; chapter 2 uses the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 
 from .attention import ATTENTION_PATHS
 from .layers import ACTIVATIONS, GATED, NORM_TYPES, NORMS
+from .validation import expect, flag, fraction, is_number, is_whole, one_of, whole_number
 
 KINDS = ("decoder", "encoder", "encoder-decoder")
 POSITIONALS = ("sinusoidal", "learned", "rope", "none")
@@ -31,8 +32,10 @@ class TransformerConfig:
     """Every size and choice of a model; `build_model(config)` turns it into an `nn.Module`.
 
     kind: "decoder" (GPT-style LM), "encoder" (BERT-style) or "encoder-decoder" (Vaswani et al. 2017).
-    d_ff defaults to 4 * d_model, the ratio of the original paper; with activation="swiglu" it defaults
-    to `swiglu_width(d_model)`, 8/3 d_model rounded up to a multiple of 64 (Llama's rule).
+    d_ff, the feed-forward hidden width, defaults to 4 * d_model, the ratio of the original paper; with
+    activation="swiglu" to `swiglu_width(d_model)`, 8/3 d_model rounded up to a multiple of 64 (Llama's
+    rule). decoder_layers (encoder-decoder only) defaults to `layers`. Both are filled in when the config
+    is made, and `replace` works a default out again: tiny.replace(activation="swiglu").d_ff is 384.
     norm is where each block's norm sits ("pre", "post", "none"); norm_type is which norm it is,
     "layer" (LayerNorm) or "rms" (RMSNorm), for every block norm and the final norm. layer_norm_eps is
     the eps of either kind. activation "swiglu" is the gated feed-forward block of Llama (`SwiGLU`).
@@ -46,8 +49,8 @@ class TransformerConfig:
     d_model: int = 128
     heads: int = 4
     layers: int = 4
-    decoder_layers: int | None = None  # encoder-decoder only; defaults to `layers`
-    d_ff: int | None = None
+    decoder_layers: int | None = None  # encoder-decoder only; None: as many as `layers`
+    d_ff: int | None = None  # None: 4 * d_model, or swiglu_width(d_model) for activation="swiglu"
     norm: str = "pre"
     norm_type: str = "layer"
     positional: str = "learned"
@@ -70,90 +73,76 @@ class TransformerConfig:
     attention_path: str = "fused"  # "fused": PyTorch's kernel; "einops": the readable path of chapter 2
 
     def __post_init__(self) -> None:
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(f"TransformerConfig.{message}")
-
-        def whole(value) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        def number(value) -> bool:
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-        def choice(name: str, options, hint: str = "") -> None:
-            value = getattr(self, name)
-            need(isinstance(value, str) and value in options,
-                 f"{name}={value!r} is not one of {tuple(options)}{hint}")
-
-        choice("kind", KINDS)
-        choice("norm", NORMS, "; 'pre' is x + F(LN(x)), 'post' is LN(x + F(x))")
-        choice("norm_type", NORM_TYPES, "; 'layer' is LayerNorm, 'rms' is RMSNorm (scale only, as in Llama)")
-        choice("positional", POSITIONALS)
-        choice("activation", tuple(ACTIVATIONS) + GATED)
-        choice("task_head", TASK_HEADS)
-        choice("attention_path", ATTENTION_PATHS, "; both compute the same attention, to rounding")
+        for name, options, note in (
+            ("kind", KINDS, ""),
+            ("norm", NORMS, "'pre' is x + F(LN(x)), 'post' is LN(x + F(x))"),
+            ("norm_type", NORM_TYPES, "'layer' is LayerNorm, 'rms' is RMSNorm (scale only, as in Llama)"),
+            ("positional", POSITIONALS, ""),
+            ("activation", tuple(ACTIVATIONS) + GATED, ""),
+            ("task_head", TASK_HEADS, ""),
+            ("attention_path", ATTENTION_PATHS, "both compute the same attention, to rounding"),
+        ):
+            one_of(f"TransformerConfig.{name}", getattr(self, name), options, note)
         for name in ("vocab_size", "context_length", "d_model", "heads", "layers", "num_labels"):
-            value = getattr(self, name)
-            need(whole(value) and value > 0, f"{name}={value!r} must be a positive whole number")
+            whole_number(f"TransformerConfig.{name}", getattr(self, name))
         for name in ("d_ff", "decoder_layers", "kv_heads"):
-            value = getattr(self, name)
-            need(value is None or (whole(value) and value > 0), f"{name}={value!r} must be a positive whole number or None")
-        need(whole(self.segment_vocab_size) and self.segment_vocab_size >= 0,
-             f"segment_vocab_size={self.segment_vocab_size!r} must be a whole number >= 0 (0: no segment embeddings)")
-        need(
-            self.d_model % self.heads == 0,
-            f"d_model={self.d_model} is not divisible by heads={self.heads}; d_head = d_model / heads must be a whole number",
-        )
+            whole_number(f"TransformerConfig.{name}", getattr(self, name), or_none=True)
+        whole_number("TransformerConfig.segment_vocab_size", self.segment_vocab_size, 0,
+                     note="0: no segment embeddings")
+
+        def need(ok: bool, name: str, expected: str) -> None:
+            expect(ok, f"TransformerConfig.{name}", getattr(self, name), expected)
+
+        need(self.d_model % self.heads == 0, "d_model",
+             f"a multiple of heads={self.heads}: d_head = d_model / heads must be a whole number")
         for name in ("dropout", "attention_dropout"):
-            value = getattr(self, name)
-            need(number(value) and 0.0 <= value < 1.0, f"{name}={value!r} must be a number in [0, 1)")
+            fraction(f"TransformerConfig.{name}", getattr(self, name))
         if self.kv_heads is not None:
-            need(self.heads % self.kv_heads == 0,
-                 f"kv_heads={self.kv_heads} does not divide heads={self.heads}; each key/value head must serve "
-                 "the same number of query heads (heads / kv_heads)")
+            need(self.heads % self.kv_heads == 0, "kv_heads",
+                 f"a whole number that divides heads={self.heads}: each key/value head serves the same "
+                 "number of query heads (heads / kv_heads)")
         for name in ("bias", "tie_embeddings", "scale_embeddings", "embedding_norm", "pooler", "qk_norm"):
-            value = getattr(self, name)
-            need(isinstance(value, bool), f"{name}={value!r} must be True or False")
-        need(number(self.layer_norm_eps) and self.layer_norm_eps > 0,
-             f"layer_norm_eps={self.layer_norm_eps!r} must be a small positive number such as 1e-5; "
-             "LayerNorm divides by sqrt(variance + eps)")
-        need(number(self.rope_base) and self.rope_base > 1,
-             f"rope_base={self.rope_base!r} must be a number greater than 1, so that frequencies fall from pair to pair")
+            flag(f"TransformerConfig.{name}", getattr(self, name))
+        need(is_number(self.layer_norm_eps) and self.layer_norm_eps > 0, "layer_norm_eps",
+             "a small positive number such as 1e-5; LayerNorm divides by sqrt(variance + eps)")
+        need(is_number(self.rope_base) and self.rope_base > 1, "rope_base",
+             "a number greater than 1, so that frequencies fall from pair to pair")
         if self.positional == "sinusoidal":
-            need(self.d_model % 2 == 0, f"d_model={self.d_model} must be even for sinusoidal positions: sine and cosine come in pairs")
+            need(self.d_model % 2 == 0, "d_model",
+                 "an even number for sinusoidal positions: sine and cosine come in pairs")
         if self.positional == "rope":
-            need(self.d_head % 2 == 0, f"d_head={self.d_head} must be even: rotary positions rotate pairs of features")
+            expect(self.d_head % 2 == 0, "d_head", self.d_head,
+                   "an even number (d_model / heads): rotary positions rotate pairs of features")
         if self.task_head != "none":
-            need(self.kind == "encoder", f"task_head={self.task_head!r} needs kind='encoder', got kind={self.kind!r}")
+            need(self.kind == "encoder", "task_head",
+                 f"'none': a task head needs kind='encoder', got kind={self.kind!r}")
         if self.activation in GATED and self.task_head == "mlm":
-            need(False, f"activation={self.activation!r} cannot go with task_head='mlm': BERT's MLM transform "
-                        "needs a plain activation such as 'gelu'")
+            need(False, "activation", "a plain activation such as 'gelu' with task_head='mlm': BERT's MLM "
+                                      "transform has no gated form")
         if self.pooler:
-            need(self.kind == "encoder", f"pooler=True needs kind='encoder' (BERT's pooler), got kind={self.kind!r}")
+            need(self.kind == "encoder", "pooler",
+                 f"False unless kind='encoder' (BERT's pooler), got kind={self.kind!r}")
         if self.pad_id is not None:
-            need(whole(self.pad_id) and 0 <= self.pad_id < self.vocab_size,
-                 f"pad_id={self.pad_id!r} must be None or a whole number in the vocabulary [0, {self.vocab_size})")
+            need(is_whole(self.pad_id) and 0 <= self.pad_id < self.vocab_size, "pad_id",
+                 f"None or a whole number in the vocabulary [0, {self.vocab_size})")
+        # Fill in the sizes left to their defaults, so `config.d_ff` and `config.decoder_layers` always
+        # hold the number the model is built with; `replace` works them out again unless it sets them.
+        defaulted = frozenset(name for name in ("d_ff", "decoder_layers") if getattr(self, name) is None)
+        object.__setattr__(self, "_defaulted", defaulted)
+        if "d_ff" in defaulted:
+            width = swiglu_width(self.d_model) if self.activation in GATED else 4 * self.d_model
+            object.__setattr__(self, "d_ff", width)
+        if "decoder_layers" in defaulted:
+            object.__setattr__(self, "decoder_layers", self.layers)
 
     @property
     def d_head(self) -> int:
         return self.d_model // self.heads
 
     @property
-    def ff_width(self) -> int:
-        """The feed-forward hidden width, d_ff, with the default filled in: 4 * d_model, or for
-        activation="swiglu" `swiglu_width(d_model)`, about 8/3 d_model."""
-        if self.d_ff is not None:
-            return self.d_ff
-        return swiglu_width(self.d_model) if self.activation in GATED else 4 * self.d_model
-
-    @property
     def n_kv_heads(self) -> int:
         """Key/value heads per attention layer: kv_heads, or heads when it is None."""
         return self.kv_heads if self.kv_heads is not None else self.heads
-
-    @property
-    def n_decoder_layers(self) -> int:
-        return self.decoder_layers if self.decoder_layers is not None else self.layers
 
     def replace(self, **changes) -> "TransformerConfig":
         """A copy with some fields changed (validated again)."""
@@ -161,7 +150,7 @@ class TransformerConfig:
         unknown = sorted(set(changes) - set(names))
         if unknown:
             raise TypeError(f"TransformerConfig has no field {unknown[0]!r}; its fields are {', '.join(names)}")
-        return replace(self, **changes)
+        return replace(self, **dict.fromkeys(self._defaulted) | changes)
 
 
 class UnknownPresetError(KeyError):

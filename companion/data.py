@@ -11,6 +11,12 @@ from itertools import groupby
 import torch
 from torch import Tensor
 
+from .validation import expect, is_whole, one_of, whole_number
+
+# A target the loss skips (PyTorch's convention): unselected MLM positions, padding, prompts. Defined here,
+# with the targets it marks, because data.py sits below training.py; training.IGNORE_INDEX is this one.
+IGNORE_INDEX = -100
+
 
 class ByteTokenizer:
     """UTF-8 bytes as tokens: vocabulary of 256, nothing to train, every string round-trips."""
@@ -94,8 +100,8 @@ def stdlib_corpus(modules: tuple[str, ...] = STDLIB_MODULES, max_chars: int | No
 
 def train_val_split(ids: Tensor, val_fraction: float = 0.1) -> tuple[Tensor, Tensor]:
     """Split a 1-D token stream: the first part trains, the last part validates."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction={val_fraction} must be in (0, 1)")
+    expect(isinstance(val_fraction, (int, float)) and 0.0 < val_fraction < 1.0, "val_fraction", val_fraction,
+           "a number in (0, 1)")
     cut = int(len(ids) * (1.0 - val_fraction))
     return ids[:cut], ids[cut:]
 
@@ -104,17 +110,10 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_task_args(batch: int, length: int, vocab: int, min_vocab: int = 2) -> None:
-    if not _whole(batch) or batch < 1:
-        raise ValueError(f"batch={batch!r} must be at least 1")
-    if not _whole(length) or length < 1:
-        raise ValueError(f"length={length!r} must be at least 1")
-    if not _whole(vocab) or vocab < min_vocab:
-        raise ValueError(f"vocab={vocab!r} must be at least {min_vocab}")
+    whole_number("batch", batch)
+    whole_number("length", length)
+    whole_number("vocab", vocab, min_vocab)
 
 
 def copy_task(batch: int, length: int, vocab: int, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -163,8 +162,8 @@ def recall_task(batch: int, length: int, distance: int | Tensor, vocab: int, see
 def recall_batches(batch: int, length: int, max_distance: int, vocab: int, seed: int = 0):
     """A function step -> (ids, answer): recall-task batches with distances drawn uniformly from
     [1, max_distance] for each row, seeded by (seed, step) so every run sees the same data."""
-    if not 1 <= max_distance <= length - 1:
-        raise ValueError(f"max_distance={max_distance} must be in [1, {length - 1}] for length={length}")
+    expect(is_whole(max_distance) and 1 <= max_distance <= length - 1, "max_distance", max_distance,
+           f"a whole number in [1, {length - 1}] for length={length}")
 
     def batch_at(step: int) -> tuple[Tensor, Tensor]:
         g = _generator(seed * 1_000_003 + step)
@@ -174,7 +173,7 @@ def recall_batches(batch: int, length: int, max_distance: int, vocab: int, seed:
     return batch_at
 
 
-def recall_targets(ids: Tensor, ignore_index: int = -100) -> Tensor:
+def recall_targets(ids: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Per-position targets for recall-task sequences (batch, seq): the key at every position from the
     key onwards, ignore_index before it. Position marker_pos + k asks for the key seen k steps back, so
     one sequence trains every distance it spans.
@@ -208,10 +207,8 @@ def encode_corpus(text: str, tokenizer, context_length: int) -> Tensor:
 def _check_windows(ids: Tensor, batch_size: int, seq_len: int, what: str) -> int:
     if ids.dim() != 1:
         raise ValueError(f"ids has shape {tuple(ids.shape)}; expected one 1-D stream of token ids")
-    if seq_len < 2:
-        raise ValueError(f"seq_len={seq_len} must be at least 2 (one token in, the next one out)")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be at least 1")
+    whole_number("seq_len", seq_len, 2, note="one token in, the next one out")
+    whole_number("batch_size", batch_size)
     if len(ids) < seq_len:
         raise ValueError(f"the {what} has {len(ids)} tokens, fewer than one window of seq_len={seq_len}")
     return len(ids) - seq_len + 1
@@ -257,11 +254,10 @@ def in_context_task(batch: int, pairs: int, symbols: int = 8, rule: str = "looku
     rule "lookup": f is a random table, and x is drawn with replacement, so a later x may repeat an
     earlier one. rule "shift": f(x) = (x + c) mod symbols for a random c.
     Token ids: x in [0, symbols), y in [symbols, 2 * symbols).
-    Returns (ids (batch, 2 * pairs), targets) with targets == ids at every y and -100 elsewhere.
+    Returns (ids (batch, 2 * pairs), targets) with targets == ids at every y and IGNORE_INDEX elsewhere.
     """
     _check_task_args(batch, pairs, symbols)
-    if rule not in ("lookup", "shift"):
-        raise ValueError(f"rule={rule!r} is not 'lookup' or 'shift'")
+    one_of("rule", rule, ("lookup", "shift"))
     g = _generator(seed)
     x = torch.randint(symbols, (batch, pairs), generator=g)
     if rule == "lookup":
@@ -269,7 +265,7 @@ def in_context_task(batch: int, pairs: int, symbols: int = 8, rule: str = "looku
     else:
         y = (x + torch.randint(symbols, (batch, 1), generator=g)) % symbols
     ids = torch.stack([x, y + symbols], dim=-1).reshape(batch, 2 * pairs)
-    targets = torch.full_like(ids, -100)
+    targets = torch.full_like(ids, IGNORE_INDEX)
     targets[:, 1::2] = ids[:, 1::2]
     return ids, targets
 
@@ -286,14 +282,11 @@ def scrambled_task(text: str, tokenizer, count: int, seq_len: int, unit: str = "
 
     Returns (ids (count, seq_len), labels (count,)).
     """
-    if unit not in ("word", "window"):
-        raise ValueError(f"unit={unit!r} is not 'word' or 'window'")
+    one_of("unit", unit, ("word", "window"))
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
-    if not _whole(count) or count < 1:
-        raise ValueError(f"count={count!r} must be at least 1")
-    if not _whole(seq_len) or seq_len < 2:
-        raise ValueError(f"seq_len={seq_len!r} must be a whole number >= 2: one character cannot be scrambled")
+    whole_number("count", count)
+    whole_number("seq_len", seq_len, 2, note="one character cannot be scrambled")
     if len(text) < seq_len + 1:
         raise ValueError(f"the text has {len(text)} characters, fewer than one window of seq_len={seq_len}")
     if unit == "window":

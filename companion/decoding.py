@@ -104,7 +104,7 @@ def new_caches(config: TransformerConfig, batch: int, capacity: int, *,
         raise ValueError(f"capacity={capacity!r} must be in [1, context_length={config.context_length}]")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch={batch!r} must be a positive whole number, the number of sequences decoded together")
-    layers = config.n_decoder_layers if config.kind == "encoder-decoder" else config.layers
+    layers = config.decoder_layers if config.kind == "encoder-decoder" else config.layers
     return [KVCache(batch, config.n_kv_heads, capacity, config.d_head, device, dtype) for _ in range(layers)]
 
 
@@ -113,7 +113,7 @@ def kv_cache_bytes(config: TransformerConfig, positions: int, batch: int = 1, by
 
     kv_heads is the number of key/value heads (config.n_kv_heads): heads, or fewer with grouped-query
     attention, which divides the cache by heads / kv_heads."""
-    layers = config.n_decoder_layers if config.kind == "encoder-decoder" else config.layers
+    layers = config.decoder_layers if config.kind == "encoder-decoder" else config.layers
     return 2 * layers * config.n_kv_heads * config.d_head * positions * bytes_per_value * batch
 
 

@@ -3,7 +3,6 @@ plus the small tools chapter 4 (residual connections and LayerNorm) uses to meas
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import torch
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import Dropout, MultiHeadAttention
+from .validation import expect, fraction, is_number, one_of, whole_number
 
 
 def _check_width(x: Tensor, d_model: int, who: str) -> None:
@@ -20,20 +20,9 @@ def _check_width(x: Tensor, d_model: int, who: str) -> None:
         raise ValueError(f"{who} got x of shape {tuple(x.shape)}; expected the last dim to be d_model={d_model}")
 
 
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} must be a positive whole number")
-
-
-def _check_probability(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}={value!r} must be a number in [0, 1)")
-
-
 def _check_eps(eps: float) -> None:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps={eps!r} must be a small positive number, e.g. 1e-5 (it keeps the division finite)")
+    expect(is_number(eps) and eps > 0, "eps", eps,
+           "a small positive number such as 1e-5 (it keeps the division finite)")
 
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
@@ -57,7 +46,7 @@ class LayerNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = 1e-5):
         super().__init__()
-        _check_positive(d_model=d_model)
+        whole_number("d_model", d_model)
         _check_eps(eps)
         self.d_model, self.eps = d_model, eps
         self.weight = nn.Parameter(torch.ones(d_model))
@@ -73,7 +62,7 @@ class RMSNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = 1e-6):
         super().__init__()
-        _check_positive(d_model=d_model)
+        whole_number("d_model", d_model)
         _check_eps(eps)
         self.d_model, self.eps = d_model, eps
         self.weight = nn.Parameter(torch.ones(d_model))
@@ -100,9 +89,8 @@ GATED = ("swiglu",)  # feed-forward blocks with a gate (SwiGLU), built by SwiGLU
 
 def make_norm(norm_type: str, d_model: int, eps: float = 1e-5) -> nn.Module:
     """A LayerNorm (norm_type="layer") or an RMSNorm (norm_type="rms") over d_model features."""
-    if norm_type not in NORM_TYPES:
-        raise ValueError(f"norm_type={norm_type!r} is not one of {tuple(NORM_TYPES)}: "
-                         "'layer' is LayerNorm (centre and scale), 'rms' is RMSNorm (scale only)")
+    one_of("norm_type", norm_type, NORM_TYPES,
+           "'layer' is LayerNorm (centre and scale), 'rms' is RMSNorm (scale only)")
     return NORM_TYPES[norm_type](d_model, eps)
 
 
@@ -116,10 +104,10 @@ class FeedForward(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", dropout: float = 0.0, bias: bool = True):
         super().__init__()
-        _check_positive(d_model=d_model, d_ff=d_ff)
-        _check_probability("dropout", dropout)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation={activation!r} is not one of {tuple(ACTIVATIONS)}")
+        whole_number("d_model", d_model)
+        whole_number("d_ff", d_ff)
+        fraction("dropout", dropout)
+        one_of("activation", activation, ACTIVATIONS)
         self.d_model = d_model
         self.up = nn.Linear(d_model, d_ff, bias=bias)
         self.act = ACTIVATIONS[activation]()
@@ -136,13 +124,14 @@ class SwiGLU(nn.Module):
 
     w1 (d_model -> d_ff) makes the gate, w3 (d_model -> d_ff) the value it lets through, w2 (d_ff ->
     d_model) projects back. Three matrices instead of two, so configs shrink d_ff to about 8/3 d_model
-    to keep the parameter count of a 4 d_model MLP (see `TransformerConfig.ff_width`).
+    to keep the parameter count of a 4 d_model MLP (see `TransformerConfig.d_ff`).
     """
 
     def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0, bias: bool = False):
         super().__init__()
-        _check_positive(d_model=d_model, d_ff=d_ff)
-        _check_probability("dropout", dropout)
+        whole_number("d_model", d_model)
+        whole_number("d_ff", d_ff)
+        fraction("dropout", dropout)
         self.d_model = d_model
         self.w1 = nn.Linear(d_model, d_ff, bias=bias)
         self.w3 = nn.Linear(d_model, d_ff, bias=bias)
@@ -185,9 +174,8 @@ class Residual(nn.Module):
         *, skip: bool = True, norm_type: str = "layer",
     ):
         super().__init__()
-        if norm not in NORMS:
-            raise ValueError(f"norm={norm!r} is not one of {NORMS}: 'pre' is x + F(LN(x)), 'post' is LN(x + F(x))")
-        _check_probability("dropout", dropout)
+        one_of("norm", norm, NORMS, "'pre' is x + F(LN(x)), 'post' is LN(x + F(x))")
+        fraction("dropout", dropout)
         self.sublayer = sublayer
         self.norm = make_norm(norm_type, d_model, eps) if norm != "none" else nn.Identity()
         self.placement = norm
@@ -204,7 +192,8 @@ def residual_stack(
 ) -> nn.Sequential:
     """`layers` encoder-style layers (attention, then feed-forward, each wrapped in `Residual`), for
     measuring gradients with and without the skip connection. A final LayerNorm follows pre-norm layers."""
-    _check_positive(d_model=d_model, layers=layers, heads=heads)
+    for name, value in (("d_model", d_model), ("layers", layers), ("heads", heads)):
+        whole_number(name, value)
     blocks: list[nn.Module] = []
     for _ in range(layers):
         blocks.append(Residual(MultiHeadAttention(d_model, heads), d_model, norm, skip=skip))

@@ -111,8 +111,8 @@ def _attention(config: TransformerConfig) -> MultiHeadAttention:
 def _feed_forward(config: TransformerConfig) -> nn.Module:
     # No dropout inside the block (none in the paper, BERT or GPT-2): its output is dropped by the block.
     if config.activation in GATED:
-        return SwiGLU(config.d_model, config.ff_width, 0.0, config.bias)
-    return FeedForward(config.d_model, config.ff_width, config.activation, dropout=0.0, bias=config.bias)
+        return SwiGLU(config.d_model, config.d_ff, 0.0, config.bias)
+    return FeedForward(config.d_model, config.d_ff, config.activation, dropout=0.0, bias=config.bias)
 
 
 def _norm(config: TransformerConfig) -> nn.Module:
@@ -376,7 +376,7 @@ class EncoderDecoder(nn.Module):
         self.embed = Embeddings(config)
         self.rotary = _rotary(config)
         self.encoder = Stack([EncoderBlock(config) for _ in range(config.layers)], config)
-        self.decoder = Stack([DecoderBlock(config, cross=True) for _ in range(config.n_decoder_layers)], config)
+        self.decoder = Stack([DecoderBlock(config, cross=True) for _ in range(config.decoder_layers)], config)
         self.head = _output_head(config, self.embed.tokens)
 
     def source_mask(self, src_ids: Tensor) -> Tensor | None:

@@ -4,7 +4,6 @@ Chapter 3 (embeddings and positional encodings) explains them.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -12,11 +11,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .device import check_values
-
-
-def _need_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive whole number")
+from .validation import expect, is_number, whole_number
 
 
 def _check_positions(positions: Tensor, context_length: int, who: str) -> None:
@@ -41,11 +36,10 @@ def inverse_frequencies(width: int, base: float = 10000.0) -> Tensor:
     Pair 0 turns one radian per position (wavelength 2 pi); the last pair is slowest, with a
     wavelength just under 2 pi * base. Sinusoidal encodings use width = d_model, RoPE width = d_head.
     """
-    _need_positive_int("width", width)
-    if width % 2 != 0:
-        raise ValueError(f"width={width} must be even: features come in (sin, cos) or rotated pairs")
-    if not base > 1.0:
-        raise ValueError(f"base={base} must be greater than 1 so that frequencies fall from pair to pair")
+    whole_number("width", width)
+    expect(width % 2 == 0, "width", width, "an even number: features come in (sin, cos) or rotated pairs")
+    expect(is_number(base) and base > 1.0, "base", base,
+           "a number greater than 1, so that frequencies fall from pair to pair")
     return base ** (-torch.arange(0, width, 2, dtype=torch.float64) / width)
 
 
@@ -54,10 +48,9 @@ def sinusoidal_table(positions: int, d_model: int, base: float = 10000.0) -> Ten
 
     PE[pos, 2i] = sin(pos / base^(2i/d_model)),  PE[pos, 2i+1] = cos(pos / base^(2i/d_model)).
     """
-    _need_positive_int("positions", positions)
-    _need_positive_int("d_model", d_model)
-    if d_model % 2 != 0:
-        raise ValueError(f"d_model={d_model} must be even: sine and cosine come in pairs")
+    whole_number("positions", positions)
+    whole_number("d_model", d_model)
+    expect(d_model % 2 == 0, "d_model", d_model, "an even number: sine and cosine come in pairs")
     # float64 angles, so that positions in the thousands keep their phase before rounding to float32.
     angles = torch.arange(positions, dtype=torch.float64)[:, None] * inverse_frequencies(d_model, base)[None, :]
     table = torch.stack([angles.sin(), angles.cos()], dim=-1)  # (seq, d_model / 2, 2)
@@ -70,7 +63,7 @@ def offset_rotation(offset: int, d_model: int, base: float = 10000.0) -> Tensor:
     Block-diagonal: pair i's (sin, cos) turns by offset * base^(-2i/d_model). M does not depend
     on pos, which is why Vaswani et al. 2017 expected the model to attend by relative position.
     """
-    _need_positive_int("d_model", d_model)
+    whole_number("d_model", d_model)
     angle = offset * inverse_frequencies(d_model, base)
     cos, sin = angle.cos(), angle.sin()
     blocks = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (half, 2, 2)
@@ -123,9 +116,9 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, d_head: int, context_length: int, base: float = 10000.0):
         super().__init__()
-        if d_head % 2 != 0:
-            raise ValueError(f"d_head={d_head} must be even: RoPE rotates pairs of features")
-        _need_positive_int("context_length", context_length)
+        whole_number("d_head", d_head)
+        expect(d_head % 2 == 0, "d_head", d_head, "an even number: RoPE rotates pairs of features")
+        whole_number("context_length", context_length)
         self.d_head, self.context_length = d_head, context_length
         angles = torch.arange(context_length, dtype=torch.float64)[:, None] * inverse_frequencies(d_head, base)[None, :]
         self.register_buffer("cos", angles.cos().float(), persistent=False)

@@ -12,27 +12,11 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import Tensor, nn
 
-from .data import recall_targets, recall_task
+from .data import IGNORE_INDEX, recall_targets, recall_task
+from .training import evaluating
+from .validation import one_of, sizes, token_ids
 
 CELLS = ("rnn", "gru", "lstm")
-
-
-def _check_ids(ids: Tensor, vocab_size: int, name: str = "ids") -> None:
-    if not isinstance(ids, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(ids).__name__}")
-    if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.dtype.is_complex:
-        raise TypeError(f"{name} has dtype {ids.dtype}; expected integer token ids (torch.long)")
-    if ids.dim() != 2 or ids.shape[1] == 0:
-        raise ValueError(f"{name} has shape {tuple(ids.shape)}; expected 2 dims (batch, seq) with seq >= 1")
-    low, high = int(ids.min()), int(ids.max())
-    if low < 0 or high >= vocab_size:
-        raise ValueError(f"{name} holds token ids in [{low}, {high}] but the vocabulary is [0, {vocab_size - 1}]")
-
-
-def _positive(**values: int) -> None:
-    for name, value in values.items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} must be a positive whole number")
 
 
 class WindowMLP(nn.Module):
@@ -45,14 +29,14 @@ class WindowMLP(nn.Module):
 
     def __init__(self, vocab_size: int, window: int, d_model: int = 32, d_hidden: int = 128):
         super().__init__()
-        _positive(vocab_size=vocab_size, window=window, d_model=d_model, d_hidden=d_hidden)
+        sizes(vocab_size=vocab_size, window=window, d_model=d_model, d_hidden=d_hidden)
         self.vocab_size, self.window = vocab_size, window
         self.embed = nn.Embedding(vocab_size, d_model)
         self.hidden = nn.Linear(window * d_model, d_hidden)
         self.out = nn.Linear(d_hidden, window * vocab_size)
 
     def forward(self, ids: Tensor) -> Tensor:
-        _check_ids(ids, self.vocab_size)
+        token_ids("ids", ids, self.vocab_size)
         if ids.shape[1] != self.window:
             raise ValueError(
                 f"ids has shape {tuple(ids.shape)} but this MLP reads a fixed window of {self.window} tokens; "
@@ -72,13 +56,13 @@ class BagOfTokensMLP(nn.Module):
 
     def __init__(self, vocab_size: int, d_model: int = 32, d_hidden: int = 128):
         super().__init__()
-        _positive(vocab_size=vocab_size, d_model=d_model, d_hidden=d_hidden)
+        sizes(vocab_size=vocab_size, d_model=d_model, d_hidden=d_hidden)
         self.vocab_size = vocab_size
         self.embed = nn.Embedding(vocab_size, d_model)
         self.mlp = nn.Sequential(nn.Linear(d_model, d_hidden), nn.ReLU(), nn.Linear(d_hidden, vocab_size))
 
     def forward(self, ids: Tensor) -> Tensor:
-        _check_ids(ids, self.vocab_size)
+        token_ids("ids", ids, self.vocab_size)
         x = self.embed(ids)
         counts = torch.arange(1, ids.shape[1] + 1, device=ids.device, dtype=x.dtype)
         prefix_mean = x.cumsum(dim=1) / rearrange(counts, "seq -> 1 seq 1")
@@ -91,7 +75,7 @@ def receptive_field(layers: int, kernel_size: int, dilation_growth: int = 1) -> 
     dilation_growth=1: plain convolutions, the field grows linearly with depth.
     dilation_growth=2: dilations 1, 2, 4, ... (van den Oord et al. 2016), it grows exponentially.
     """
-    _positive(layers=layers, kernel_size=kernel_size, dilation_growth=dilation_growth)
+    sizes(layers=layers, kernel_size=kernel_size, dilation_growth=dilation_growth)
     return 1 + (kernel_size - 1) * sum(dilation_growth**i for i in range(layers))
 
 
@@ -114,7 +98,8 @@ class CausalCNN(nn.Module):
 
     def __init__(self, vocab_size: int, d_model: int = 32, layers: int = 2, kernel_size: int = 3, dilation_growth: int = 1):
         super().__init__()
-        _positive(vocab_size=vocab_size, d_model=d_model, layers=layers, kernel_size=kernel_size, dilation_growth=dilation_growth)
+        sizes(vocab_size=vocab_size, d_model=d_model, layers=layers, kernel_size=kernel_size,
+              dilation_growth=dilation_growth)
         self.vocab_size, self.kernel_size = vocab_size, kernel_size
         self.dilations = [dilation_growth**i for i in range(layers)]
         self.receptive_field = receptive_field(layers, kernel_size, dilation_growth)
@@ -130,7 +115,7 @@ class CausalCNN(nn.Module):
         return x
 
     def forward(self, ids: Tensor) -> Tensor:
-        _check_ids(ids, self.vocab_size)
+        token_ids("ids", ids, self.vocab_size)
         if ids.shape[1] < self.kernel_size:
             raise ValueError(
                 f"ids has {ids.shape[1]} positions but the kernel spans kernel_size={self.kernel_size}: "
@@ -173,9 +158,8 @@ class RNNLM(nn.Module):
 
     def __init__(self, vocab_size: int, d_model: int = 32, cell: str = "gru", fused: bool = True):
         super().__init__()
-        _positive(vocab_size=vocab_size, d_model=d_model)
-        if cell not in CELLS:
-            raise ValueError(f"cell={cell!r} is not one of {CELLS}")
+        sizes(vocab_size=vocab_size, d_model=d_model)
+        one_of("cell", cell, CELLS)
         if not fused and cell != "rnn":
             raise ValueError(f"fused=False (the step loop) is written for cell='rnn' only, got cell={cell!r}")
         self.vocab_size, self.cell_kind, self.fused = vocab_size, cell, fused
@@ -188,7 +172,7 @@ class RNNLM(nn.Module):
         return self.cell(x)[0] if self.fused else rnn_loop(x, self.cell)
 
     def forward(self, ids: Tensor) -> Tensor:
-        _check_ids(ids, self.vocab_size)
+        token_ids("ids", ids, self.vocab_size)
         return self.head(self.mix(self.embed(ids)))
 
 
@@ -247,13 +231,11 @@ def recall_accuracy(model: nn.Module, length: int, vocab: int, batch: int = 512,
     g = torch.Generator().manual_seed(seed)
     distances = torch.randint(1, length, (batch,), generator=g)
     ids, _ = recall_task(batch, length, distances, vocab, seed=seed)
-    was_training = model.training
-    model.eval()
     targets = recall_targets(ids)
-    correct = (model(ids).argmax(-1) == targets).float()
-    model.train(was_training)
+    with evaluating(model):
+        correct = (model(ids).argmax(-1) == targets).float()
     distance = torch.arange(length)[None, :] - (ids == 0).long().argmax(1, keepdim=True)
-    valid = targets != -100
+    valid = targets != IGNORE_INDEX
     hits = torch.zeros(length - 1).index_add_(0, distance[valid] - 1, correct[valid])
     counts = torch.bincount(distance[valid] - 1, minlength=length - 1).float()
     return hits / counts.clamp(min=1)

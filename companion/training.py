@@ -12,6 +12,7 @@ import math
 import os
 import random
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -21,10 +22,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .data import IGNORE_INDEX  # defined with the targets it marks; training.IGNORE_INDEX is the same
 from .device import autocast, check_device
-
-IGNORE_INDEX = -100  # cross-entropy skips targets with this value: unselected MLM positions, padding
-
+from .validation import expect, flag, fraction, is_number, is_whole, one_of, positive_number, whole_number
 
 # ---------------------------------------------------------------- softmax, cross-entropy, clipping
 
@@ -111,8 +111,7 @@ def clip_gradients(parameters: Iterable[Tensor], max_norm: float) -> Tensor:
     """
     if isinstance(parameters, Tensor):
         parameters = [parameters]
-    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not (math.isfinite(max_norm) and max_norm > 0):
-        raise ValueError(f"max_norm={max_norm!r} must be a positive finite number, e.g. 1.0")
+    positive_number("max_norm", max_norm, "e.g. 1.0")
     parameters = [p for p in parameters if p.grad is not None]
     total = gradient_norm(parameters)
     scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
@@ -133,12 +132,9 @@ def lr_at(step: int, *, max_lr: float, warmup_steps: int, total_steps: int, min_
     warmup_steps. "cosine": then cosine decay to min_lr at total_steps. "inverse-sqrt" (the original
     Transformer's): then decay as 1/sqrt(step), max_lr * sqrt(warmup_steps / (step + 1)), with no end.
     """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule={schedule!r} is not one of {SCHEDULES}")
+    one_of("schedule", schedule, SCHEDULES)
     if schedule == "inverse-sqrt":
-        if warmup_steps < 1:
-            raise ValueError(f"warmup_steps={warmup_steps!r} must be >= 1 for the inverse-sqrt schedule, "
-                             "whose peak is set by the warm-up length")
+        whole_number("warmup_steps", warmup_steps, note="inverse-sqrt peaks at the end of warm-up")
         n = step + 1  # the paper counts steps from 1
         return max_lr * min(math.sqrt(warmup_steps / n), n / warmup_steps)
     if step < warmup_steps:
@@ -152,8 +148,7 @@ def inverse_sqrt_lr(step_num: int, *, d_model: int, warmup_steps: int) -> float:
     step_num counting from 1. It peaks at step_num = warmup_steps, at (d_model * warmup_steps)^-0.5;
     lr_at(step_num - 1, schedule="inverse-sqrt", max_lr=that peak) is the same rate."""
     for name, value in (("step_num", step_num), ("d_model", d_model), ("warmup_steps", warmup_steps)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} must be a whole number >= 1")
+        whole_number(name, value)
     return d_model ** -0.5 * min(step_num ** -0.5, step_num * warmup_steps ** -1.5)
 
 
@@ -164,9 +159,7 @@ def smoothed_cross_entropy(logits: Tensor, targets: Tensor, smoothing: float = 0
     loss = (1 - smoothing) * (-log p[target]) + smoothing * mean over tokens of (-log p).
     logits (..., vocab), targets (...); positions whose target is ignore_index are skipped. The
     same as F.cross_entropy(..., label_smoothing=smoothing), written out."""
-    if not _finite(smoothing) or not 0.0 <= smoothing < 1.0:
-        raise ValueError(f"smoothing={smoothing!r} must be a number in [0, 1): the share of the target "
-                         "spread over the whole vocabulary")
+    fraction("smoothing", smoothing)  # the share of the target spread over the whole vocabulary
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits have shape {tuple(logits.shape)} and targets {tuple(targets.shape)}; "
                          "expected logits (..., vocab) and targets (...)")
@@ -185,8 +178,7 @@ def next_token_loss(logits: Tensor, ids: Tensor, ignore_index: int = IGNORE_INDE
                     label_smoothing: float = 0.0) -> Tensor:
     """Cross-entropy of position t's logits against token t+1: the decoder-only objective.
     label_smoothing: see smoothed_cross_entropy (0: plain cross-entropy)."""
-    if not _finite(label_smoothing) or not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing={label_smoothing!r} must be a number in [0, 1)")
+    fraction("label_smoothing", label_smoothing)
     if label_smoothing == 0.0:
         return cross_entropy(logits[:, :-1], ids[:, 1:], ignore_index=ignore_index)
     return smoothed_cross_entropy(logits[:, :-1], ids[:, 1:], label_smoothing, ignore_index)
@@ -205,10 +197,9 @@ def mask_tokens(
     become mask_id, 10% a random non-special token, 10% stay. Returns (inputs, labels); labels hold the
     original token at selected positions and IGNORE_INDEX elsewhere, so only selected positions are scored.
     """
-    if not 0.0 < select_prob <= 1.0:
-        raise ValueError(f"select_prob={select_prob} must be in (0, 1]")
-    if not 0 <= mask_id < vocab_size:
-        raise ValueError(f"mask_id={mask_id} is outside the vocabulary [0, {vocab_size})")
+    expect(is_number(select_prob) and 0.0 < select_prob <= 1.0, "select_prob", select_prob,
+           "a number in (0, 1]")
+    expect(0 <= mask_id < vocab_size, "mask_id", mask_id, f"an id in the vocabulary [0, {vocab_size})")
     special = torch.tensor(sorted(set(special_ids) | {mask_id}), dtype=ids.dtype)
     ordinary = torch.tensor([i for i in range(vocab_size) if i not in set(special.tolist())], dtype=ids.dtype)
     if len(ordinary) == 0:
@@ -279,22 +270,34 @@ def classify_objective(model: nn.Module, ids: Tensor, labels: Tensor) -> Tensor:
     return cross_entropy(model(ids), labels)
 
 
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """`with evaluating(model):` runs the block in eval mode (no dropout), then puts the model back in the
+    mode it was in, training or not, even when the block raises.
+
+        with evaluating(model), torch.no_grad():
+            accuracy = (model(ids).argmax(-1) == targets).float().mean()
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, batches: Iterable[tuple], loss_fn: Callable[..., Tensor], *, device=None) -> float:
     """The mean of loss_fn over batches (give equal-sized batches), in eval mode and without gradients."""
     device = check_device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    try:
+    with evaluating(model):
         for batch in batches:
             batch = _check_batch(batch, f"batch {count}")
             with autocast(device):
                 loss = _check_loss(loss_fn(model, *(t.to(device) if isinstance(t, Tensor) else t for t in batch)), need_grad=False)
             total += float(loss)
             count += 1
-    finally:
-        model.train(was_training)
     if count == 0:
         raise ValueError("evaluate_loss got no batches; the validation split is too small for one batch")
     return total / count
@@ -333,35 +336,30 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ValueError naming the first setting that cannot train."""
         def need(ok: bool, name: str, expected: str) -> None:
-            if not ok:
-                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} must be {expected}")
+            expect(ok, f"TrainConfig.{name}", getattr(self, name), expected)
 
-        whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
-        need(whole(self.steps) and self.steps >= 1, "steps", "a whole number >= 1")
-        need(whole(self.warmup_steps) and 0 <= self.warmup_steps <= self.steps, "warmup_steps",
+        whole_number("TrainConfig.steps", self.steps)
+        need(is_whole(self.warmup_steps) and 0 <= self.warmup_steps <= self.steps, "warmup_steps",
              f"a whole number in [0, steps={self.steps}]")
-        need(_finite(self.lr) and self.lr > 0, "lr", "a positive finite number")
-        need(_finite(self.min_lr) and 0 <= self.min_lr <= self.lr, "min_lr",
+        positive_number("TrainConfig.lr", self.lr)
+        need(is_number(self.min_lr) and 0 <= self.min_lr <= self.lr, "min_lr",
              f"a finite number in [0, lr={self.lr}]: the rate decays from lr down to min_lr")
-        need(_finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a finite number >= 0")
-        need(self.grad_clip is None or (_finite(self.grad_clip) and self.grad_clip > 0), "grad_clip",
+        need(is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a finite number >= 0")
+        need(self.grad_clip is None or (is_number(self.grad_clip) and self.grad_clip > 0), "grad_clip",
              "a positive number or None (no clipping)")
         need(isinstance(self.betas, (tuple, list)) and len(self.betas) == 2
-             and all(_finite(b) and 0 <= b < 1 for b in self.betas), "betas",
+             and all(is_number(b) and 0 <= b < 1 for b in self.betas), "betas",
              "a pair of numbers in [0, 1), Adam's (beta1, beta2) such as (0.9, 0.95)")
-        need(isinstance(self.progress, bool), "progress", "True or False")
-        need(whole(self.log_every) and self.log_every >= 1, "log_every", "a whole number >= 1")
-        need(self.max_loss_ratio is None or (_finite(self.max_loss_ratio) and self.max_loss_ratio > 1), "max_loss_ratio",
+        flag("TrainConfig.progress", self.progress)
+        whole_number("TrainConfig.log_every", self.log_every)
+        need(self.max_loss_ratio is None or (is_number(self.max_loss_ratio) and self.max_loss_ratio > 1),
+             "max_loss_ratio",
              "a number > 1 or None (no divergence check)")
-        need(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
+        one_of("TrainConfig.schedule", self.schedule, SCHEDULES)
         if self.schedule == "inverse-sqrt":
             need(self.warmup_steps >= 1, "warmup_steps", "a whole number >= 1 with schedule='inverse-sqrt'")
             need(self.min_lr == 0, "min_lr", "0 with schedule='inverse-sqrt', which has no floor")
-        need(_finite(self.eps) and self.eps > 0, "eps", "a positive finite number, Adam's epsilon such as 1e-8")
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+        positive_number("TrainConfig.eps", self.eps, "Adam's epsilon such as 1e-8")
 
 
 @dataclass
@@ -506,7 +504,12 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     model_config = getattr(model, "config", None)
     problems = []
     if model_config is not None and state["model_config"] is not None:
-        problems += _differences(state["model_config"], asdict(model_config))
+        saved = state["model_config"]
+        try:  # a config saved with d_ff=None (before defaults were filled in) is compared as it builds
+            saved = asdict(type(model_config)(**saved))
+        except (TypeError, ValueError):
+            pass
+        problems += _differences(saved, asdict(model_config))
     if config is not None:
         saved = {"schedule": "cosine", "eps": 1e-8, **state["train_config"]}  # written before these existed
         problems += _differences(saved, _comparable(config))
@@ -580,8 +583,7 @@ def _gradient_norm(parameters: list[nn.Parameter], grad_clip: float | None) -> T
 
 
 def _check_count(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name}={value!r} must be a whole number >= 0 (0: never)")
+    whole_number(name, value, 0, note="0: never")
 
 
 def train(
@@ -717,12 +719,8 @@ def train(
             history.lrs.append(lr)
             bar.set_postfix(loss=f"{history.losses[-1]:.3f}")
         if evaluate is not None and eval_every and ((step + 1) % eval_every == 0 or step == config.steps - 1):
-            model.eval()
-            try:
-                with torch.no_grad():
-                    history.evals[step] = float(evaluate(model))
-            finally:
-                model.train()
+            with evaluating(model), torch.no_grad():
+                history.evals[step] = float(evaluate(model))
         last = step == config.steps - 1
         if last or (checkpoint is not None and save_every and (step + 1) % save_every == 0):
             bad = _nonfinite_parameter(model)

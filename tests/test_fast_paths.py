@@ -77,7 +77,7 @@ def test_split_heads_is_the_einops_rearrange_and_merging_undoes_it():
 
 
 def test_attention_path_is_checked():
-    with pytest.raises(ValueError, match=r"attention_path='flash' is not one of \('fused', 'einops'\)"):
+    with pytest.raises(ValueError, match=r"attention_path='flash': expected one of \('fused', 'einops'\)"):
         TransformerConfig(attention_path="flash")
     with pytest.raises(TypeError, match="fused=1 must be True"):
         MultiHeadAttention(16, 4, fused=1)

@@ -89,11 +89,11 @@ def test_bad_ids_get_a_clear_error(ids, message):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        (dict(d_model=500, heads=8), "not divisible by heads=8"),
+        (dict(d_model=500, heads=8), "d_model=500: expected a multiple of heads=8"),
         (dict(norm="middle"), "norm='middle'"),
         (dict(layers=0), "layers=0"),
         (dict(kind="gpt"), "kind='gpt'"),
-        (dict(positional="rope", d_model=12, heads=4), "d_head=3 must be even"),
+        (dict(positional="rope", d_model=12, heads=4), "d_head=3: expected an even number"),
         (dict(task_head="mlm"), "needs kind='encoder'"),
         (dict(dropout=1.5), "dropout=1.5"),
     ],

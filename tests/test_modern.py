@@ -37,9 +37,9 @@ def test_swiglu_width_follows_llamas_rule():
     assert swiglu_width(4096, multiple_of=256) == 11008  # Llama 7B's intermediate_size
     assert swiglu_width(128) == 384  # 8/3 * 128 = 341.3, up to a multiple of 64
     config = TransformerConfig(**SMALL, activation="swiglu")
-    assert config.ff_width == swiglu_width(24) == 64
-    assert config.replace(d_ff=50).ff_width == 50
-    assert TransformerConfig(**SMALL).ff_width == 4 * 24  # the other activations keep 4 d_model
+    assert config.d_ff == swiglu_width(24) == 64
+    assert config.replace(d_ff=50).d_ff == 50
+    assert TransformerConfig(**SMALL).d_ff == 4 * 24  # the other activations keep 4 d_model
 
 
 def test_silu_and_swiglu_build_decoders_that_run():
@@ -130,12 +130,12 @@ def test_qk_norm_makes_attention_blind_to_the_scale_of_the_query_and_key_project
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(kv_heads=3), r"kv_heads=3 does not divide heads=4"),
-    (dict(kv_heads=0), r"kv_heads=0 must be a positive whole number"),
-    (dict(norm_type="batch"), r"norm_type='batch' is not one of \('layer', 'rms'\)"),
-    (dict(norm="rms"), r"norm='rms' is not one of \('pre', 'post', 'none'\)"),
-    (dict(qk_norm=1), r"qk_norm=1 must be True or False"),
-    (dict(kind="encoder", activation="swiglu", task_head="mlm"), r"activation='swiglu' cannot go with task_head='mlm'"),
+    (dict(kv_heads=3), r"kv_heads=3: expected a whole number that divides heads=4"),
+    (dict(kv_heads=0), r"kv_heads=0: expected a whole number >= 1 or None"),
+    (dict(norm_type="batch"), r"norm_type='batch': expected one of \('layer', 'rms'\)"),
+    (dict(norm="rms"), r"norm='rms': expected one of \('pre', 'post', 'none'\)"),
+    (dict(qk_norm=1), r"qk_norm=1: expected True or False"),
+    (dict(kind="encoder", activation="swiglu", task_head="mlm"), r"activation='swiglu': expected a plain activation such as 'gelu' with task_head='mlm'"),
 ])
 def test_config_refuses_bad_modern_choices_by_name(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -152,7 +152,7 @@ def test_attention_refuses_kv_heads_that_do_not_divide_heads():
 
 def test_llama_tiny_parameter_count_is_the_formula():
     c = presets["llama-tiny"]
-    d, d_kv, d_ff = c.d_model, c.n_kv_heads * c.d_head, c.ff_width
+    d, d_kv, d_ff = c.d_model, c.n_kv_heads * c.d_head, c.d_ff
     per_layer = (d * d + 2 * d * d_kv + d * d) + 3 * d * d_ff + 2 * d  # q, k, v, out; w1, w3, w2; two RMSNorms
     expected = c.vocab_size * d + c.layers * per_layer + d + c.vocab_size * d  # embedding, blocks, final norm, head
     assert (d_kv, d_ff) == (64, 384)
@@ -225,7 +225,7 @@ def test_clip_gradients_matches_torch_and_returns_the_norm_before_clipping(max_n
 
 
 def test_clip_gradients_refuses_a_max_norm_that_is_not_positive():
-    with pytest.raises(ValueError, match=r"max_norm=0 must be a positive finite number"):
+    with pytest.raises(ValueError, match=r"max_norm=0: expected a positive finite number"):
         clip_gradients(torch.nn.Linear(2, 2).parameters(), 0)
 
 

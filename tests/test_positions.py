@@ -126,13 +126,13 @@ def test_only_rope_model_ignores_where_the_sequence_starts(positional, shift_inv
 @pytest.mark.parametrize(
     "call, error, message",
     [
-        (lambda: sinusoidal_table(10, 7), ValueError, "d_model=7 must be even"),
+        (lambda: sinusoidal_table(10, 7), ValueError, "d_model=7: expected an even number"),
         (lambda: sinusoidal_table(0, 8), ValueError, "positions=0"),
         (lambda: inverse_frequencies(8, base=1.0), ValueError, "base=1.0"),
         (lambda: SinusoidalPositions(8, 4)(torch.tensor([3, 8])), ValueError, "positions 0..7"),
         (lambda: LearnedPositions(8, 4)(torch.tensor([9])), ValueError, "larger context_length"),
         (lambda: LearnedPositions(8, 4)(torch.tensor([1.0])), TypeError, "integer positions"),
-        (lambda: RotaryEmbedding(7, 8), ValueError, "d_head=7 must be even"),
+        (lambda: RotaryEmbedding(7, 8), ValueError, "d_head=7: expected an even number"),
         (lambda: RotaryEmbedding(8, 16)(torch.randn(1, 2, 3, 6)), ValueError, "d_head=8"),
         (lambda: RotaryEmbedding(8, 16)(torch.randn(1, 2, 3, 8), torch.tensor([0, 1])), ValueError, r"expected one per position"),
         (lambda: RotaryEmbedding(8, 16)(torch.randn(1, 2, 3, 8), torch.tensor([14, 15, 16])), ValueError, "positions 0..15"),

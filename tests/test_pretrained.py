@@ -227,7 +227,7 @@ def test_llama_rotates_halves_so_the_loader_reorders_query_and_key_rows(llama, m
 
 def test_llama_checkpoint_of_the_llama_tiny_shape_is_the_llama_tiny_preset(tmp_path):
     tiny = presets["llama-tiny"]
-    sizes = dict(vocab_size=tiny.vocab_size, hidden_size=tiny.d_model, intermediate_size=tiny.ff_width,
+    sizes = dict(vocab_size=tiny.vocab_size, hidden_size=tiny.d_model, intermediate_size=tiny.d_ff,
                  num_hidden_layers=tiny.layers, num_attention_heads=tiny.heads, num_key_value_heads=tiny.kv_heads,
                  max_position_embeddings=tiny.context_length, rms_norm_eps=tiny.layer_norm_eps,
                  rope_theta=tiny.rope_base, tie_word_embeddings=False)
@@ -516,7 +516,7 @@ def test_every_activation_builds_every_kind_of_model(activation):
                                    activation=activation, task_head="mlm" if kind == "encoder" else "none")
         model = build_model(config)
         assert sum(isinstance(m, ACTIVATIONS[activation]) for m in model.modules()) >= 1
-    with pytest.raises(ValueError, match=r"activation='swish' is not one of \('relu', 'gelu', 'gelu_tanh', 'silu', 'swiglu'\)"):
+    with pytest.raises(ValueError, match=r"activation='swish': expected one of \('relu', 'gelu', 'gelu_tanh', 'silu', 'swiglu'\)"):
         TransformerConfig(activation="swish")
 
 

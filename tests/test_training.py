@@ -70,10 +70,10 @@ def test_train_follows_the_inverse_sqrt_schedule_with_adams_eps():
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(schedule="noam"), "TrainConfig.schedule='noam' must be one of"),
-    (dict(schedule="inverse-sqrt", warmup_steps=0), "TrainConfig.warmup_steps=0 must be a whole number >= 1"),
-    (dict(schedule="inverse-sqrt", min_lr=1e-4), "TrainConfig.min_lr=0.0001 must be 0 with"),
-    (dict(eps=0.0), "TrainConfig.eps=0.0 must be a positive finite number"),
+    (dict(schedule="noam"), "TrainConfig.schedule='noam': expected one of"),
+    (dict(schedule="inverse-sqrt", warmup_steps=0), "TrainConfig.warmup_steps=0: expected a whole number >= 1"),
+    (dict(schedule="inverse-sqrt", min_lr=1e-4), "TrainConfig.min_lr=0.0001: expected 0 with"),
+    (dict(eps=0.0), "TrainConfig.eps=0.0: expected a positive finite number"),
 ])
 def test_bad_schedule_settings_are_refused(changes, message):
     with pytest.raises(ValueError, match=re.escape(message)):

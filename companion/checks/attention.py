@@ -4,10 +4,17 @@ from __future__ import annotations
 import math
 
 import torch
-from einops import rearrange
+from einops import einsum, rearrange
 
 from ..attention import MultiHeadAttention, causal_mask, scaled_dot_product_attention, sliding_window_mask
 from ._core import Checker, random_tensor
+
+# The einsum patterns of companion.attention: scores q k^T, then the weighted sum of values.
+SCORES = "batch heads q_pos d_head, batch heads k_pos d_head -> batch heads q_pos k_pos"
+MIX = "batch heads q_pos k_pos, batch heads k_pos d_head -> batch heads q_pos d_head"
+# Splitting d_model into heads and merging them back, as MultiHeadAttention does (head-major).
+SPLIT = "batch seq (heads d_head) -> batch heads seq d_head"
+MERGE = "batch heads seq d_head -> batch seq (heads d_head)"
 
 __all__ = [
     "check_attention_scores", "check_attention_weights", "check_causal_mask", "check_scaled_dot_product",
@@ -22,7 +29,7 @@ def _qkv(seed: int = 0, q_len: int = Q, k_len: int = K):
 
 
 def _raw_scores(q, k):
-    return torch.einsum("bhqd,bhkd->bhqk", q, k)
+    return einsum(q, k, SCORES)
 
 
 def check_attention_scores(fn) -> bool:
@@ -109,7 +116,7 @@ def check_scaled_dot_product(fn) -> bool:
     with Checker("check_scaled_dot_product") as c:
         q, k, v = _qkv(5)
         raw = _raw_scores(q, k)
-        weighted = lambda w: torch.einsum("bhqk,bhkd->bhqd", w, v)  # noqa: E731
+        weighted = lambda w: einsum(w, v, MIX)  # noqa: E731
         got = c.call(fn, q, k, v)
         c.expect_tensor(got)
         if tuple(got.shape) == (B, H, Q, K):
@@ -177,9 +184,9 @@ def check_split_heads(fn) -> bool:
         if tuple(got.shape) == (B, D, K, H):
             c.fail(f"your split has {D} heads of width {H}: the number of heads went to d_head; name it in the "
                    "pattern, rearrange(..., heads=heads)")
-        c.diagnose(got, rearrange(x, "b s (h d) -> b h s d", h=H), {
+        c.diagnose(got, rearrange(x, SPLIT, heads=H), {
             "heads and d_head are swapped in the feature axis: features are laid out (heads d_head), head-major":
-                rearrange(x, "b s (d h) -> b h s d", h=H),
+                rearrange(x, "batch seq (d_head heads) -> batch heads seq d_head", heads=H),
             "you reshaped to (batch, heads, seq, d_head) without moving seq: split the last axis, then transpose":
                 x.reshape(B, H, K, D),
         }, what="your split")
@@ -196,9 +203,9 @@ def check_merge_heads(fn) -> bool:
         c.expect_tensor(got, "your merge")
         if tuple(got.shape) == (B, K, H, D):
             c.fail("your merge is (batch, seq, heads, d_head): also join heads and d_head into one axis, (heads d_head)")
-        c.diagnose(got, rearrange(x, "b h s d -> b s (h d)"), {
+        c.diagnose(got, rearrange(x, MERGE), {
             "the merged features are ordered (d_head heads); merge as (heads d_head) to undo the split":
-                rearrange(x, "b h s d -> b s (d h)"),
+                rearrange(x, "batch heads seq d_head -> batch seq (d_head heads)"),
             "you reshaped without moving heads next to d_head first: transpose, then merge":
                 x.reshape(B, K, H * D),
         }, what="your merge")
@@ -218,15 +225,17 @@ def check_multi_head_attention(fn) -> bool:
         with torch.no_grad():
             expected = mha(x)
             expected_causal = mha(x, causal=True)
-            q, k, v = (rearrange(layer(x), "b s (h d) -> b h s d", h=H) for layer in (mha.to_q, mha.to_k, mha.to_v))
+            q, k, v = (rearrange(layer(x), SPLIT, heads=H) for layer in (mha.to_q, mha.to_k, mha.to_v))
             full_width = mha.to_out(scaled_dot_product_attention(*(
-                rearrange(t, "b h s d -> b 1 s (h d)") for t in (q, k, v)), fused=False)[:, 0])
-            no_out = rearrange(scaled_dot_product_attention(q, k, v, fused=False), "b h s d -> b s (h d)")
-            d_major = [rearrange(layer(x), "b s (d h) -> b h s d", h=H) for layer in (mha.to_q, mha.to_k, mha.to_v)]
-            wrong_split = mha.to_out(rearrange(scaled_dot_product_attention(*d_major, fused=False), "b h s d -> b s (h d)"))
-            all_q = mha.to_out(rearrange(scaled_dot_product_attention(q, q, q, fused=False), "b h s d -> b s (h d)"))
-            no_v = mha.to_out(rearrange(scaled_dot_product_attention(q, k, rearrange(x, "b s (h d) -> b h s d", h=H),
-                                                                     fused=False), "b h s d -> b s (h d)"))
+                rearrange(t, "batch heads seq d_head -> batch 1 seq (heads d_head)") for t in (q, k, v)),
+                fused=False)[:, 0])
+            no_out = rearrange(scaled_dot_product_attention(q, k, v, fused=False), MERGE)
+            d_major = [rearrange(layer(x), "batch seq (d_head heads) -> batch heads seq d_head", heads=H)
+                       for layer in (mha.to_q, mha.to_k, mha.to_v)]
+            wrong_split = mha.to_out(rearrange(scaled_dot_product_attention(*d_major, fused=False), MERGE))
+            all_q = mha.to_out(rearrange(scaled_dot_product_attention(q, q, q, fused=False), MERGE))
+            no_v = mha.to_out(rearrange(
+                scaled_dot_product_attention(q, k, rearrange(x, SPLIT, heads=H), fused=False), MERGE))
         whole = {mha: "you ran mha itself, mha(x); the exercise is to write it from mha.to_q, mha.to_k, mha.to_v "
                       "and mha.to_out"}
         with c.forbid(whole):

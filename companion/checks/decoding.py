@@ -1,8 +1,8 @@
 """Checkers for the chapter 6 (decoder inference and the KV cache) exercises."""
 from __future__ import annotations
 
-
 import torch
+from einops import einsum
 from torch import Tensor
 
 from ..attention import causal_mask, scaled_dot_product_attention
@@ -10,6 +10,10 @@ from ..config import TransformerConfig
 from ..decoding import KVCache, filter_top_k, filter_top_p, generate, new_caches
 from ..models import DecoderLM
 from ._core import Checker, random_tensor
+
+# The einsum patterns of companion.attention: scores q k^T, then the weighted sum of values.
+SCORES = "batch heads q_pos d_head, batch heads k_pos d_head -> batch heads q_pos k_pos"
+MIX = "batch heads q_pos k_pos, batch heads k_pos d_head -> batch heads q_pos d_head"
 
 __all__ = [
     "check_cache_append", "check_incremental_attention", "check_top_k", "check_top_p", "check_temperature",
@@ -73,7 +77,7 @@ def check_incremental_attention(fn) -> bool:
             expected = scaled_dot_product_attention(q, k, v, causal=True, fused=False)
             top_left = causal_mask(q_len, q_len)
             top_left = torch.cat([top_left, torch.zeros(q_len, k_len - q_len, dtype=torch.bool)], dim=1)
-            raw = torch.einsum("bhqd,bhkd->bhqk", q, k)
+            raw = einsum(q, k, SCORES)
             query_pos = torch.arange(k_len - q_len, k_len)[:, None]
             key_pos = torch.arange(k_len)[None, :]
             mistakes = {
@@ -83,8 +87,7 @@ def check_incremental_attention(fn) -> bool:
                 "off by one: each query also sees the key after its own position; keep keys up to "
                 "k_pos - q_pos + i": scaled_dot_product_attention(q, k, v, query_pos + 1 >= key_pos, fused=False),
                 "masked scores are filled with 0, which still gets weight after the softmax; fill them with -inf":
-                    torch.einsum("bhqk,bhkd->bhqd", (raw / D ** 0.5).masked_fill(~causal_mask(q_len, k_len), 0.0)
-                                 .softmax(-1), v),
+                    einsum((raw / D ** 0.5).masked_fill(~causal_mask(q_len, k_len), 0.0).softmax(-1), v, MIX),
                 "the mask is aligned to the top-left: the new queries are the LAST q_pos positions, so query i "
                 "sits at position k_pos - q_pos + i and sees every key up to it":
                     scaled_dot_product_attention(q, k, v, top_left, fused=False),
@@ -92,8 +95,8 @@ def check_incremental_attention(fn) -> bool:
                 "still needed among them": scaled_dot_product_attention(q, k, v, fused=False),
                 "the queries attend only to the new keys: they must see every cached position too":
                     scaled_dot_product_attention(q, k[:, :, -q_len:], v[:, :, -q_len:], causal=True, fused=False),
-                "your scores are not divided by sqrt(d_head)": torch.einsum(
-                    "bhqk,bhkd->bhqd", raw.masked_fill(~causal_mask(q_len, k_len), float("-inf")).softmax(-1), v),
+                "your scores are not divided by sqrt(d_head)":
+                    einsum(raw.masked_fill(~causal_mask(q_len, k_len), float("-inf")).softmax(-1), v, MIX),
             }
             c.diagnose(got, expected, mistakes, what=f"your output for {q_len} new of {k_len} positions")
     return c.passed

@@ -136,7 +136,7 @@ def check_repeat_kv(fn) -> bool:
             "the kv heads are tiled (0, 1, 0, 1, ...), not repeated in place (0, 0, 0, 1, 1, 1): query head h "
             "reads kv head h // groups, so repeat each head `groups` times in a row (repeat_interleave, or "
             "einops '(kv_heads groups)')":
-                repeat(x, "batch kv seq d -> batch (groups kv) seq d", groups=groups),
+                repeat(x, "batch kv_heads seq d_head -> batch (groups kv_heads) seq d_head", groups=groups),
         })
     return c.passed
 

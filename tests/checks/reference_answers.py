@@ -21,7 +21,8 @@ def mlp_parameter_count(vocab, window, d_model, d_hidden):
 
 
 def rnn_step(x, h, w_xh, w_hh, bias):
-    return torch.tanh(einsum(x, w_xh, "b i, o i -> b o") + einsum(h, w_hh, "b i, o i -> b o") + bias)
+    return torch.tanh(einsum(x, w_xh, "batch d_in, d_model d_in -> batch d_model")
+        + einsum(h, w_hh, "batch d_prev, d_model d_prev -> batch d_model") + bias)
 
 
 def recall_batch(batch, length, distance, vocab, seed=0):
@@ -30,7 +31,8 @@ def recall_batch(batch, length, distance, vocab, seed=0):
 
 # ---------------------------------------------------------------- chapter 2
 def attention_scores(q, k):
-    return einsum(q, k, "b h q d, b h k d -> b h q k") / math.sqrt(q.shape[-1])
+    scores = einsum(q, k, "batch heads q_pos d_head, batch heads k_pos d_head -> batch heads q_pos k_pos")
+    return scores / math.sqrt(q.shape[-1])
 
 
 def attention_weights(scores, mask=None):
@@ -40,15 +42,16 @@ def attention_weights(scores, mask=None):
 
 
 def scaled_dot_product(q, k, v, mask=None):
-    return einsum(attention_weights(attention_scores(q, k), mask), v, "b h q k, b h k d -> b h q d")
+    weights = attention_weights(attention_scores(q, k), mask)
+    return einsum(weights, v, "batch heads q_pos k_pos, batch heads k_pos d_head -> batch heads q_pos d_head")
 
 
 def split_heads(x, heads):
-    return rearrange(x, "b s (h d) -> b h s d", h=heads)
+    return rearrange(x, "batch seq (heads d_head) -> batch heads seq d_head", heads=heads)
 
 
 def merge_heads(x):
-    return rearrange(x, "b h s d -> b s (h d)")
+    return rearrange(x, "batch heads seq d_head -> batch seq (heads d_head)")
 
 
 def multi_head_attention(x, mha, causal=False):
@@ -70,7 +73,8 @@ def rotary(x, positions):
     angles = positions[:, None].double() * 10000.0 ** (-2 * torch.arange(d // 2, dtype=torch.float64) / d)
     cos, sin = angles.cos().float(), angles.sin().float()
     even, odd = x[..., 0::2], x[..., 1::2]
-    return rearrange(torch.stack([even * cos - odd * sin, even * sin + odd * cos], -1), "... h two -> ... (h two)")
+    turned = torch.stack([even * cos - odd * sin, even * sin + odd * cos], -1)
+    return rearrange(turned, "... half two -> ... (half two)")
 
 
 # ---------------------------------------------------------------- chapter 4

@@ -97,7 +97,7 @@ def _params(d, h, kv, f, *, kv_width=None, ff_mats=3, norms=2, biases=False):
         (checks.check_rms_norm_block, lambda x, a, f, w1, w2, eps: _block(x, a, f, lambda t: _rms(t, w1, eps, 1), lambda t: _rms(t, w2, eps, 1)), "over seq"),
         (checks.check_rms_norm_block, lambda x, a, f, w1, w2, eps: x + a(_rms(x, w1, eps)) + f(_rms(x, w2, eps)), r"reads RMSNorm2\(x\)"),
         (checks.check_repeat_kv, lambda x, g: x.repeat(1, g, 1, 1), "tiled"),
-        (checks.check_repeat_kv, lambda x, g: repeat(x, "b k s d -> b (g k) s d", g=g), "tiled"),
+        (checks.check_repeat_kv, lambda x, g: repeat(x, "batch kv_heads seq d_head -> batch (groups kv_heads) seq d_head", groups=g), "tiled"),
         (checks.check_repeat_kv, lambda x, g: x.repeat_interleave(g, dim=2), "Only the heads axis grows"),
         (checks.check_repeat_kv, lambda x, g: x.repeat_interleave(g, dim=1)[:, : x.shape[1]], "Only the heads axis grows"),
         (checks.check_llama_layer_parameters, lambda d, h, kv, f: _params(d, h, h, f), "k and v are full width"),

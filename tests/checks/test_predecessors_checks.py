@@ -15,7 +15,8 @@ def mlp_count(vocab, window, d_model, d_hidden):
 
 
 def rnn_reference(x, h, w_xh, w_hh, b):
-    return torch.tanh(einsum(x, w_xh, "b i, o i -> b o") + einsum(h, w_hh, "b i, o i -> b o") + b)
+    return torch.tanh(einsum(x, w_xh, "batch d_in, d_model d_in -> batch d_model")
+        + einsum(h, w_hh, "batch d_prev, d_model d_prev -> batch d_model") + b)
 
 
 def recall_reference(batch, length, distance, vocab, seed):
