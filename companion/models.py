@@ -15,14 +15,12 @@ from .config import TransformerConfig
 from .device import check_values
 from .layers import ACTIVATIONS, GATED, FeedForward, LayerNorm, SwiGLU, make_norm, residual
 from .positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions
+from .validation import whole_number
 
 
 def check_start_pos(start_pos) -> None:
-    if isinstance(start_pos, bool) or not isinstance(start_pos, int) or start_pos < 0:
-        raise ValueError(
-            f"start_pos={start_pos!r} must be a whole number >= 0: the position of the first token given "
-            "(with caches, the number of positions already cached)"
-        )
+    whole_number("start_pos", start_pos, 0, note="the position of the first token given; with caches, the "
+                 "number of positions already cached")
 
 
 def check_ids(ids: Tensor, config: TransformerConfig, name: str = "ids", start_pos: int = 0) -> None:
