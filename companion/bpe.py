@@ -32,6 +32,7 @@ Choices, stated once:
   back unchanged. ``decode`` returns a str and puts U+FFFD where the bytes of the ids are not
   valid UTF-8, as a sampled sequence that stops inside a character will be.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -43,9 +44,7 @@ from .data import _token_list
 
 # GPT-2's pre-tokenisation pattern: contractions, words, numbers, punctuation runs, each taking
 # one leading space; runs of spaces keep their last space for the word that follows.
-GPT2_SPLIT = re.compile(
-    r"""'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""
-)
+GPT2_SPLIT = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+""")
 
 
 def pre_tokenize(text: str) -> list[str]:
@@ -70,16 +69,18 @@ def merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
 class BPETokenizer:
     """Byte-level BPE: 256 byte tokens, then one token per merge in rank order, then the special tokens.
 
-        tok = BPETokenizer.train(text, vocab_size=1280, special_tokens=("<|endoftext|>",))
-        tok.decode(tok.encode("Hello<|endoftext|>")) == "Hello<|endoftext|>"
+    tok = BPETokenizer.train(text, vocab_size=1280, special_tokens=("<|endoftext|>",))
+    tok.decode(tok.encode("Hello<|endoftext|>")) == "Hello<|endoftext|>"
     """
 
     def __init__(self, merges: dict[tuple[int, int], int], special_tokens: Iterable[str] = ()):
         self.merges = dict(merges)  # (left id, right id) -> new id, in the order they were learnt
         for rank, ((left, right), new_id) in enumerate(self.merges.items()):
             if new_id != 256 + rank or not (0 <= left < new_id and 0 <= right < new_id):
-                raise ValueError(f"merge number {rank} is ({left}, {right}) -> {new_id}; merges must give "
-                                 f"new ids 256, 257, ... in order, each from two ids made before it")
+                raise ValueError(
+                    f"merge number {rank} is ({left}, {right}) -> {new_id}; merges must give "
+                    f"new ids 256, 257, ... in order, each from two ids made before it"
+                )
         self.special_tokens = _check_special_tokens(special_tokens)
         self.vocab = {i: bytes([i]) for i in range(256)}  # id -> the bytes it stands for
         for (left, right), new_id in self.merges.items():
@@ -96,8 +97,10 @@ class BPETokenizer:
         return 256 + len(self.merges) + len(self.special_tokens)
 
     def __repr__(self) -> str:
-        return (f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
-                f"special_tokens={self.special_tokens})")
+        return (
+            f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
+            f"special_tokens={self.special_tokens})"
+        )
 
     # ---- training -------------------------------------------------------------------------
 
@@ -108,13 +111,17 @@ class BPETokenizer:
         Stops early, with a smaller vocabulary, if every piece of the text is already one token.
         """
         if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}; "
-                            "decode bytes first, e.g. data.decode('utf-8', errors='replace')")
+            raise TypeError(
+                f"text must be a str, got {type(text).__name__}; "
+                "decode bytes first, e.g. data.decode('utf-8', errors='replace')"
+            )
         special_tokens = _check_special_tokens(special_tokens)
         smallest = 256 + len(special_tokens)
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < smallest:
-            raise ValueError(f"vocab_size={vocab_size!r} must be a whole number >= {smallest}: "
-                             f"256 byte tokens + {len(special_tokens)} special tokens, then one per merge")
+            raise ValueError(
+                f"vocab_size={vocab_size!r} must be a whole number >= {smallest}: "
+                f"256 byte tokens + {len(special_tokens)} special tokens, then one per merge"
+            )
         num_merges = vocab_size - smallest
 
         # Every distinct piece once, as a list of byte ids, with how often it occurs.
@@ -245,14 +252,18 @@ def _split_specials(text: str, pattern: re.Pattern | None, keep: bool = False) -
 
 def _check_special_tokens(special_tokens) -> tuple[str, ...]:
     if isinstance(special_tokens, (str, bytes)):
-        raise TypeError(f"special_tokens={special_tokens!r} must be a sequence of strings, "
-                        f"e.g. ({special_tokens!r},), not one string")
+        raise TypeError(
+            f"special_tokens={special_tokens!r} must be a sequence of strings, "
+            f"e.g. ({special_tokens!r},), not one string"
+        )
     special_tokens = tuple(special_tokens)
     for s in special_tokens:
         if not isinstance(s, str) or not s:
             raise ValueError(f"special_tokens holds {s!r}; each special token must be a non-empty str")
     repeated = sorted({s for s in special_tokens if special_tokens.count(s) > 1})
     if repeated:
-        raise ValueError(f"special_tokens={special_tokens!r} lists {repeated} more than once; "
-                         "each special token needs exactly one id")
+        raise ValueError(
+            f"special_tokens={special_tokens!r} lists {repeated} more than once; "
+            "each special token needs exactly one id"
+        )
     return special_tokens

@@ -2,6 +2,7 @@
 
 Chapter 5 (assembling the transformer) explains every field; chapter 2 uses the tiny preset.
 """
+
 from __future__ import annotations
 
 import math
@@ -87,44 +88,80 @@ class TransformerConfig:
             whole_number(f"TransformerConfig.{name}", getattr(self, name))
         for name in ("d_ff", "decoder_layers", "kv_heads"):
             whole_number(f"TransformerConfig.{name}", getattr(self, name), or_none=True)
-        whole_number("TransformerConfig.segment_vocab_size", self.segment_vocab_size, 0,
-                     note="0: no segment embeddings")
+        whole_number(
+            "TransformerConfig.segment_vocab_size",
+            self.segment_vocab_size,
+            0,
+            note="0: no segment embeddings",
+        )
 
         def need(ok: bool, name: str, expected: str) -> None:
             expect(ok, f"TransformerConfig.{name}", getattr(self, name), expected)
 
-        need(self.d_model % self.heads == 0, "d_model",
-             f"a multiple of heads={self.heads}: d_head = d_model / heads must be a whole number")
+        need(
+            self.d_model % self.heads == 0,
+            "d_model",
+            f"a multiple of heads={self.heads}: d_head = d_model / heads must be a whole number",
+        )
         for name in ("dropout", "attention_dropout"):
             fraction(f"TransformerConfig.{name}", getattr(self, name))
         if self.kv_heads is not None:
-            need(self.heads % self.kv_heads == 0, "kv_heads",
-                 f"a whole number that divides heads={self.heads}: each key/value head serves the same "
-                 "number of query heads (heads / kv_heads)")
+            need(
+                self.heads % self.kv_heads == 0,
+                "kv_heads",
+                f"a whole number that divides heads={self.heads}: each key/value head serves the same "
+                "number of query heads (heads / kv_heads)",
+            )
         for name in ("bias", "tie_embeddings", "scale_embeddings", "embedding_norm", "pooler", "qk_norm"):
             flag(f"TransformerConfig.{name}", getattr(self, name))
-        need(is_number(self.layer_norm_eps) and self.layer_norm_eps > 0, "layer_norm_eps",
-             "a small positive number such as 1e-5; LayerNorm divides by sqrt(variance + eps)")
-        need(is_number(self.rope_base) and self.rope_base > 1, "rope_base",
-             "a number greater than 1, so that frequencies fall from pair to pair")
+        need(
+            is_number(self.layer_norm_eps) and self.layer_norm_eps > 0,
+            "layer_norm_eps",
+            "a small positive number such as 1e-5; LayerNorm divides by sqrt(variance + eps)",
+        )
+        need(
+            is_number(self.rope_base) and self.rope_base > 1,
+            "rope_base",
+            "a number greater than 1, so that frequencies fall from pair to pair",
+        )
         if self.positional == "sinusoidal":
-            need(self.d_model % 2 == 0, "d_model",
-                 "an even number for sinusoidal positions: sine and cosine come in pairs")
+            need(
+                self.d_model % 2 == 0,
+                "d_model",
+                "an even number for sinusoidal positions: sine and cosine come in pairs",
+            )
         if self.positional == "rope":
-            expect(self.d_head % 2 == 0, "d_head", self.d_head,
-                   "an even number (d_model / heads): rotary positions rotate pairs of features")
+            expect(
+                self.d_head % 2 == 0,
+                "d_head",
+                self.d_head,
+                "an even number (d_model / heads): rotary positions rotate pairs of features",
+            )
         if self.task_head != "none":
-            need(self.kind == "encoder", "task_head",
-                 f"'none': a task head needs kind='encoder', got kind={self.kind!r}")
+            need(
+                self.kind == "encoder",
+                "task_head",
+                f"'none': a task head needs kind='encoder', got kind={self.kind!r}",
+            )
         if self.activation in GATED and self.task_head == "mlm":
-            need(False, "activation", "a plain activation such as 'gelu' with task_head='mlm': BERT's MLM "
-                                      "transform has no gated form")
+            need(
+                False,
+                "activation",
+                "a plain activation such as 'gelu' with task_head='mlm': BERT's MLM "
+                "transform has no gated form",
+            )
         if self.pooler:
-            need(self.kind == "encoder", "pooler",
-                 f"False unless kind='encoder' (BERT's pooler), got kind={self.kind!r}")
+            need(
+                self.kind == "encoder",
+                "pooler",
+                f"False unless kind='encoder' (BERT's pooler), got kind={self.kind!r}",
+            )
         if self.pad_id is not None:
-            need(is_whole(self.pad_id) and 0 <= self.pad_id < self.vocab_size, "pad_id",
-                 f"None or a whole number in the vocabulary [0, {self.vocab_size})")
+            need(
+                is_whole(self.pad_id) and 0 <= self.pad_id < self.vocab_size,
+                "pad_id",
+                f"None or a whole number in the vocabulary [0, {self.vocab_size})",
+            )
         # Fill in the sizes left to their defaults, so `config.d_ff` and `config.decoder_layers` always
         # hold the number the model is built with; `replace` works them out again unless it sets them.
         defaulted = frozenset(name for name in ("d_ff", "decoder_layers") if getattr(self, name) is None)
@@ -144,12 +181,14 @@ class TransformerConfig:
         """Key/value heads per attention layer: kv_heads, or heads when it is None."""
         return self.kv_heads if self.kv_heads is not None else self.heads
 
-    def replace(self, **changes) -> "TransformerConfig":
+    def replace(self, **changes) -> TransformerConfig:
         """A copy with some fields changed (validated again)."""
         names = [f.name for f in fields(self)]
         unknown = sorted(set(changes) - set(names))
         if unknown:
-            raise TypeError(f"TransformerConfig has no field {unknown[0]!r}; its fields are {', '.join(names)}")
+            raise TypeError(
+                f"TransformerConfig has no field {unknown[0]!r}; its fields are {', '.join(names)}"
+            )
         return replace(self, **dict.fromkeys(self._defaulted) | changes)
 
 
@@ -164,45 +203,93 @@ class Presets(dict):
     """The named configs; an unknown name is a KeyError that lists the valid ones."""
 
     def __missing__(self, name):
-        raise UnknownPresetError(f"presets has no config named {name!r}; the presets are {', '.join(map(repr, self))}")
+        raise UnknownPresetError(
+            f"presets has no config named {name!r}; the presets are {', '.join(map(repr, self))}"
+        )
 
 
 def _presets() -> dict[str, TransformerConfig]:
     bert = dict(
-        kind="encoder", vocab_size=30522, context_length=512, norm="post", positional="learned",
-        activation="gelu", embedding_norm=True, segment_vocab_size=2, pooler=True, layer_norm_eps=1e-12,
+        kind="encoder",
+        vocab_size=30522,
+        context_length=512,
+        norm="post",
+        positional="learned",
+        activation="gelu",
+        embedding_norm=True,
+        segment_vocab_size=2,
+        pooler=True,
+        layer_norm_eps=1e-12,
         pad_id=0,
     )
     return {
         # Small enough to train on a laptop CPU in about a minute: bytes in, bytes out.
         "tiny": TransformerConfig(
-            kind="decoder", vocab_size=256, context_length=256, d_model=128, heads=4, layers=4, norm="pre",
-            positional="learned", activation="gelu",
+            kind="decoder",
+            vocab_size=256,
+            context_length=256,
+            d_model=128,
+            heads=4,
+            layers=4,
+            norm="pre",
+            positional="learned",
+            activation="gelu",
         ),
         # Vaswani et al. 2017, base model: shared ~37k BPE vocabulary between source and target,
         # tied input, output and pre-softmax weights, post-LN, ReLU, sinusoidal positions.
         # Dropout P = 0.1 on each sub-layer's output before the add & norm and on the embedding
         # sums, none on the attention weights (tensor2tensor's v1 base sets it to 0) or in the FFN.
         "original-base": TransformerConfig(
-            kind="encoder-decoder", vocab_size=37000, context_length=512, d_model=512, heads=8, layers=6,
-            d_ff=2048, norm="post", positional="sinusoidal", activation="relu", dropout=0.1,
-            attention_dropout=0.0, scale_embeddings=True, tie_embeddings=True, layer_norm_eps=1e-6,
+            kind="encoder-decoder",
+            vocab_size=37000,
+            context_length=512,
+            d_model=512,
+            heads=8,
+            layers=6,
+            d_ff=2048,
+            norm="post",
+            positional="sinusoidal",
+            activation="relu",
+            dropout=0.1,
+            attention_dropout=0.0,
+            scale_embeddings=True,
+            tie_embeddings=True,
+            layer_norm_eps=1e-6,
         ),
         "bert-base": TransformerConfig(d_model=768, heads=12, layers=12, **bert),
         "bert-large": TransformerConfig(d_model=1024, heads=16, layers=24, **bert),
         # Radford et al. 2019, the 124M model: pre-LN, final LayerNorm, tied embeddings, and the tanh
         # approximation of GELU that its weights were trained with.
         "gpt2-small": TransformerConfig(
-            kind="decoder", vocab_size=50257, context_length=1024, d_model=768, heads=12, layers=12,
-            norm="pre", positional="learned", activation="gelu_tanh", tie_embeddings=True,
+            kind="decoder",
+            vocab_size=50257,
+            context_length=1024,
+            d_model=768,
+            heads=12,
+            layers=12,
+            norm="pre",
+            positional="learned",
+            activation="gelu_tanh",
+            tie_embeddings=True,
         ),
         # The tiny model with Llama's choices (Touvron et al. 2023): RMSNorm before each sub-layer and at
         # the end, SwiGLU (d_ff 384), rotary positions, no biases, grouped-query attention with two
         # key/value heads for four query heads, an untied output head.
         "llama-tiny": TransformerConfig(
-            kind="decoder", vocab_size=256, context_length=256, d_model=128, heads=4, kv_heads=2, layers=4,
-            norm="pre", norm_type="rms", positional="rope", activation="swiglu", bias=False,
-            tie_embeddings=False, layer_norm_eps=1e-5,
+            kind="decoder",
+            vocab_size=256,
+            context_length=256,
+            d_model=128,
+            heads=4,
+            kv_heads=2,
+            layers=4,
+            norm="pre",
+            norm_type="rms",
+            positional="rope",
+            activation="swiglu",
+            bias=False,
+            tie_embeddings=False,
+            layer_norm_eps=1e-5,
         ),
     }
 

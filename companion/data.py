@@ -2,6 +2,7 @@
 
 Chapters 1, 5, 6 and 7 draw their data from here; nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -60,23 +61,52 @@ def _token_list(ids, vocab_size: int, who: str) -> list[int]:
     """ids (a 1-D tensor or a sequence of ints) as a list, each checked to be a token id in [0, vocab_size)."""
     if isinstance(ids, Tensor):
         if ids.dim() > 1 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
-            raise ValueError(f"{who}.decode takes one sequence of integer token ids; got a {ids.dtype} tensor of shape "
-                             f"{tuple(ids.shape)} (decode each row of a batch on its own)")
+            raise ValueError(
+                f"{who}.decode takes one sequence of integer token ids; got a {ids.dtype} tensor of shape "
+                f"{tuple(ids.shape)} (decode each row of a batch on its own)"
+            )
         ids = ids.reshape(-1).tolist()
     elif isinstance(ids, (str, bytes)):
-        raise TypeError(f"{who}.decode takes token ids, got a {type(ids).__name__}; to turn text into ids use encode")
+        raise TypeError(
+            f"{who}.decode takes token ids, got a {type(ids).__name__}; to turn text into ids use encode"
+        )
     else:
         ids = list(ids)
     for i in ids:
         if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab_size:
-            raise ValueError(f"{who}.decode got token id {i!r}; ids must be whole numbers in the vocabulary [0, {vocab_size - 1}]")
+            raise ValueError(
+                f"{who}.decode got token id {i!r}; ids must be whole numbers in the vocabulary [0, {vocab_size - 1}]"
+            )
     return ids
 
 
 STDLIB_MODULES = (
-    "json", "textwrap", "collections", "functools", "itertools", "argparse", "pathlib", "string",
-    "random", "statistics", "fractions", "decimal", "heapq", "bisect", "calendar", "csv", "difflib",
-    "shutil", "tempfile", "logging", "inspect", "dataclasses", "enum", "typing", "email.message", "http.client",
+    "json",
+    "textwrap",
+    "collections",
+    "functools",
+    "itertools",
+    "argparse",
+    "pathlib",
+    "string",
+    "random",
+    "statistics",
+    "fractions",
+    "decimal",
+    "heapq",
+    "bisect",
+    "calendar",
+    "csv",
+    "difflib",
+    "shutil",
+    "tempfile",
+    "logging",
+    "inspect",
+    "dataclasses",
+    "enum",
+    "typing",
+    "email.message",
+    "http.client",
 )
 
 
@@ -85,11 +115,15 @@ def stdlib_corpus(modules: tuple[str, ...] = STDLIB_MODULES, max_chars: int | No
 
     Deterministic for a given Python version; ASCII only, so bytes and characters coincide.
     """
-    seen: set[str] = set()  # by content: ids of freed strings are reused, which made the text vary from run to run
+    seen: set[str] = (
+        set()
+    )  # by content: ids of freed strings are reused, which made the text vary from run to run
     parts: list[str] = []
     for name in modules:
         module = importlib.import_module(name)
-        for obj in [module] + [v for _, v in sorted(vars(module).items()) if inspect.isclass(v) or inspect.isfunction(v)]:
+        for obj in [module] + [
+            v for _, v in sorted(vars(module).items()) if inspect.isclass(v) or inspect.isfunction(v)
+        ]:
             doc = inspect.getdoc(obj)
             if doc and doc not in seen and len(doc) > 80:
                 seen.add(doc)
@@ -100,8 +134,12 @@ def stdlib_corpus(modules: tuple[str, ...] = STDLIB_MODULES, max_chars: int | No
 
 def train_val_split(ids: Tensor, val_fraction: float = 0.1) -> tuple[Tensor, Tensor]:
     """Split a 1-D token stream: the first part trains, the last part validates."""
-    expect(isinstance(val_fraction, (int, float)) and 0.0 < val_fraction < 1.0, "val_fraction", val_fraction,
-           "a number in (0, 1)")
+    expect(
+        isinstance(val_fraction, (int, float)) and 0.0 < val_fraction < 1.0,
+        "val_fraction",
+        val_fraction,
+        "a number in (0, 1)",
+    )
     cut = int(len(ids) * (1.0 - val_fraction))
     return ids[:cut], ids[cut:]
 
@@ -135,7 +173,9 @@ def sort_task(batch: int, length: int, vocab: int, seed: int = 0) -> tuple[Tenso
     return src, src.sort(dim=-1).values
 
 
-def recall_task(batch: int, length: int, distance: int | Tensor, vocab: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+def recall_task(
+    batch: int, length: int, distance: int | Tensor, vocab: int, seed: int = 0
+) -> tuple[Tensor, Tensor]:
     """Recall at distance: a marker token (0) is followed by a key token; `distance` positions after the
     marker the sequence ends, and the answer is the key. Filler tokens are drawn from [2, vocab).
 
@@ -148,7 +188,9 @@ def recall_task(batch: int, length: int, distance: int | Tensor, vocab: int, see
     if distances.shape != (batch,):
         raise ValueError(f"distance has shape {tuple(distances.shape)}; expected an int or shape ({batch},)")
     if int(distances.min()) < 1 or int(distances.max()) > length - 1:
-        raise ValueError(f"distance must be in [1, {length - 1}] for length={length}, got {distances.tolist()[:8]}")
+        raise ValueError(
+            f"distance must be in [1, {length - 1}] for length={length}, got {distances.tolist()[:8]}"
+        )
     g = _generator(seed)
     ids = torch.randint(2, vocab, (batch, length), generator=g)
     rows = torch.arange(batch)
@@ -162,8 +204,12 @@ def recall_task(batch: int, length: int, distance: int | Tensor, vocab: int, see
 def recall_batches(batch: int, length: int, max_distance: int, vocab: int, seed: int = 0):
     """A function step -> (ids, answer): recall-task batches with distances drawn uniformly from
     [1, max_distance] for each row, seeded by (seed, step) so every run sees the same data."""
-    expect(is_whole(max_distance) and 1 <= max_distance <= length - 1, "max_distance", max_distance,
-           f"a whole number in [1, {length - 1}] for length={length}")
+    expect(
+        is_whole(max_distance) and 1 <= max_distance <= length - 1,
+        "max_distance",
+        max_distance,
+        f"a whole number in [1, {length - 1}] for length={length}",
+    )
 
     def batch_at(step: int) -> tuple[Tensor, Tensor]:
         g = _generator(seed * 1_000_003 + step)
@@ -182,7 +228,9 @@ def recall_targets(ids: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     counts = markers.sum(dim=1)
     if (counts != 1).any():
         bad = int((counts != 1).nonzero()[0])
-        raise ValueError(f"row {bad} holds {int(counts[bad])} markers (token 0); each row needs exactly one marker")
+        raise ValueError(
+            f"row {bad} holds {int(counts[bad])} markers (token 0); each row needs exactly one marker"
+        )
     marker_pos = markers.long().argmax(dim=1)
     if (marker_pos == ids.shape[1] - 1).any():
         raise ValueError("a marker (token 0) is the last token, so no key follows it")
@@ -244,10 +292,12 @@ def sequential_windows(ids: Tensor, batch_size: int, seq_len: int) -> list[tuple
             f"seq_len={seq_len}; use a smaller batch or a larger split"
         )
     windows = ids[: count * seq_len].view(count, seq_len)
-    return [(windows[i:i + batch_size],) for i in range(0, count - batch_size + 1, batch_size)]
+    return [(windows[i : i + batch_size],) for i in range(0, count - batch_size + 1, batch_size)]
 
 
-def in_context_task(batch: int, pairs: int, symbols: int = 8, rule: str = "lookup", seed: int = 0) -> tuple[Tensor, Tensor]:
+def in_context_task(
+    batch: int, pairs: int, symbols: int = 8, rule: str = "lookup", seed: int = 0
+) -> tuple[Tensor, Tensor]:
     """Prompts of `pairs` examples "x y" whose rule y = f(x) is drawn afresh for every sequence, so the
     only way to predict y is from the examples earlier in the same prompt (in-context learning).
 
@@ -273,7 +323,9 @@ def in_context_task(batch: int, pairs: int, symbols: int = 8, rule: str = "looku
 SCRAMBLE_ATTEMPTS = 1000  # windows drawn in a row, none changed by shuffling, before the text is refused
 
 
-def scrambled_task(text: str, tokenizer, count: int, seq_len: int, unit: str = "word", seed: int = 0) -> tuple[Tensor, Tensor]:
+def scrambled_task(
+    text: str, tokenizer, count: int, seq_len: int, unit: str = "word", seed: int = 0
+) -> tuple[Tensor, Tensor]:
     """A labelled task built from any text: has this window been scrambled? Half the windows (label 1)
     have their characters shuffled, within each word (unit="word": "the wrods are all hree") or across
     the whole window (unit="window"); the other half (label 0) are untouched. Both halves use the same
@@ -292,23 +344,38 @@ def scrambled_task(text: str, tokenizer, count: int, seq_len: int, unit: str = "
     if unit == "window":
         changeable = len(set(text)) >= 2
     else:
-        changeable = any(alpha and len(set(run)) >= 2 for alpha, run in ((a, "".join(r)) for a, r in groupby(text, str.isalpha)))
+        changeable = any(
+            alpha and len(set(run)) >= 2
+            for alpha, run in ((a, "".join(r)) for a, r in groupby(text, str.isalpha))
+        )
     if count > 1 and not changeable:
-        what = "a word of two or more different letters" if unit == "word" else "two or more different characters"
-        raise ValueError(f"text cannot be scrambled with unit={unit!r}: shuffling leaves it unchanged; it needs {what}")
+        what = (
+            "a word of two or more different letters"
+            if unit == "word"
+            else "two or more different characters"
+        )
+        raise ValueError(
+            f"text cannot be scrambled with unit={unit!r}: shuffling leaves it unchanged; it needs {what}"
+        )
     g = _generator(seed)
     labels = torch.arange(count) % 2
     rows = []
     for label in labels.tolist():
-        for attempt in range(SCRAMBLE_ATTEMPTS + 1):  # a window that shuffling leaves unchanged is drawn again
+        for attempt in range(
+            SCRAMBLE_ATTEMPTS + 1
+        ):  # a window that shuffling leaves unchanged is drawn again
             if attempt == SCRAMBLE_ATTEMPTS:
-                what = "a word of two or more different letters" if unit == "word" else "two or more different characters"
+                what = (
+                    "a word of two or more different letters"
+                    if unit == "word"
+                    else "two or more different characters"
+                )
                 raise ValueError(
                     f"text cannot be scrambled with unit={unit!r}: {SCRAMBLE_ATTEMPTS} windows of seq_len={seq_len} "
                     f"in a row came out of the shuffle unchanged; the text needs windows with {what}"
                 )
             start = int(torch.randint(len(text) - seq_len, (1,), generator=g))
-            window = text[start:start + seq_len]
+            window = text[start : start + seq_len]
             if not label:
                 break
             if unit == "window":
@@ -320,7 +387,9 @@ def scrambled_task(text: str, tokenizer, count: int, seq_len: int, unit: str = "
                     j = i
                     while j < seq_len and window[j].isalpha():
                         j += 1
-                    for k, m in zip(range(i, j), (i + p for p in torch.randperm(j - i, generator=g).tolist())):
+                    for k, m in zip(
+                        range(i, j), (i + p for p in torch.randperm(j - i, generator=g).tolist())
+                    ):
                         chars[k] = window[m]
                     i = j + 1
             if "".join(chars) != window:

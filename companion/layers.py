@@ -1,9 +1,10 @@
 """The pieces around attention: LayerNorm, RMSNorm, the feed-forward block, and the residual wrapper,
 plus the small tools chapter 4 (residual connections and LayerNorm) uses to measure them.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,12 +18,18 @@ def _check_width(x: Tensor, d_model: int, who: str) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{who} takes a torch.Tensor, got {type(x).__name__}")
     if x.dim() == 0 or x.shape[-1] != d_model:
-        raise ValueError(f"{who} got x of shape {tuple(x.shape)}; expected the last dim to be d_model={d_model}")
+        raise ValueError(
+            f"{who} got x of shape {tuple(x.shape)}; expected the last dim to be d_model={d_model}"
+        )
 
 
 def _check_eps(eps: float) -> None:
-    expect(is_number(eps) and eps > 0, "eps", eps,
-           "a small positive number such as 1e-5 (it keeps the division finite)")
+    expect(
+        is_number(eps) and eps > 0,
+        "eps",
+        eps,
+        "a small positive number such as 1e-5 (it keeps the division finite)",
+    )
 
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
@@ -89,8 +96,12 @@ GATED = ("swiglu",)  # feed-forward blocks with a gate (SwiGLU), built by SwiGLU
 
 def make_norm(norm_type: str, d_model: int, eps: float = 1e-5) -> nn.Module:
     """A LayerNorm (norm_type="layer") or an RMSNorm (norm_type="rms") over d_model features."""
-    one_of("norm_type", norm_type, NORM_TYPES,
-           "'layer' is LayerNorm (centre and scale), 'rms' is RMSNorm (scale only)")
+    one_of(
+        "norm_type",
+        norm_type,
+        NORM_TYPES,
+        "'layer' is LayerNorm (centre and scale), 'rms' is RMSNorm (scale only)",
+    )
     return NORM_TYPES[norm_type](d_model, eps)
 
 
@@ -102,7 +113,9 @@ class FeedForward(nn.Module):
     block's output, in `Residual`.
     """
 
-    def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", dropout: float = 0.0, bias: bool = True):
+    def __init__(
+        self, d_model: int, d_ff: int, activation: str = "gelu", dropout: float = 0.0, bias: bool = True
+    ):
         super().__init__()
         whole_number("d_model", d_model)
         whole_number("d_ff", d_ff)
@@ -143,8 +156,14 @@ class SwiGLU(nn.Module):
         return self.w2(self.dropout(nn.functional.silu(self.w1(x)) * self.w3(x)))
 
 
-def residual(x: Tensor, sublayer: Callable[[Tensor], Tensor], norm: nn.Module, placement: str = "pre", *,
-             skip: bool = True) -> Tensor:
+def residual(
+    x: Tensor,
+    sublayer: Callable[[Tensor], Tensor],
+    norm: nn.Module,
+    placement: str = "pre",
+    *,
+    skip: bool = True,
+) -> Tensor:
     """One sub-layer on the residual stream, with its norm where `placement` says:
 
     "pre":  x + sublayer(norm(x))   (GPT-2 and most modern models)
@@ -170,8 +189,15 @@ class Residual(nn.Module):
     """
 
     def __init__(
-        self, sublayer: nn.Module, d_model: int, norm: str = "pre", dropout: float = 0.0, eps: float = 1e-5,
-        *, skip: bool = True, norm_type: str = "layer",
+        self,
+        sublayer: nn.Module,
+        d_model: int,
+        norm: str = "pre",
+        dropout: float = 0.0,
+        eps: float = 1e-5,
+        *,
+        skip: bool = True,
+        norm_type: str = "layer",
     ):
         super().__init__()
         one_of("norm", norm, NORMS, "'pre' is x + F(LN(x)), 'post' is LN(x + F(x))")
@@ -183,12 +209,23 @@ class Residual(nn.Module):
         self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
-        return residual(x, lambda h: self.dropout(self.sublayer(h, *args, **kwargs)), self.norm, self.placement,
-                        skip=self.skip)
+        return residual(
+            x,
+            lambda h: self.dropout(self.sublayer(h, *args, **kwargs)),
+            self.norm,
+            self.placement,
+            skip=self.skip,
+        )
 
 
 def residual_stack(
-    d_model: int, layers: int, *, heads: int = 4, norm: str = "pre", skip: bool = True, activation: str = "gelu",
+    d_model: int,
+    layers: int,
+    *,
+    heads: int = 4,
+    norm: str = "pre",
+    skip: bool = True,
+    activation: str = "gelu",
 ) -> nn.Sequential:
     """`layers` encoder-style layers (attention, then feed-forward, each wrapped in `Residual`), for
     measuring gradients with and without the skip connection. A final LayerNorm follows pre-norm layers."""
@@ -203,7 +240,9 @@ def residual_stack(
     return nn.Sequential(*blocks)
 
 
-def stream_gradients(blocks: Sequence[nn.Module], x: Tensor, loss_fn: Callable[[Tensor], Tensor]) -> list[Tensor]:
+def stream_gradients(
+    blocks: Sequence[nn.Module], x: Tensor, loss_fn: Callable[[Tensor], Tensor]
+) -> list[Tensor]:
     """Run x through `blocks` in order, backpropagate loss_fn(output), and return the gradient of the loss
     with respect to the residual stream at each depth: before every block, and last, at the output."""
     stream: list[Tensor] = []

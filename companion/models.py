@@ -2,10 +2,11 @@
 
 Chapter 5 (assembling the transformer) explains them; every other chapter uses them.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -19,8 +20,12 @@ from .validation import whole_number
 
 
 def check_start_pos(start_pos) -> None:
-    whole_number("start_pos", start_pos, 0, note="the position of the first token given; with caches, the "
-                 "number of positions already cached")
+    whole_number(
+        "start_pos",
+        start_pos,
+        0,
+        note="the position of the first token given; with caches, the number of positions already cached",
+    )
 
 
 def check_ids(ids: Tensor, config: TransformerConfig, name: str = "ids", start_pos: int = 0) -> None:
@@ -48,17 +53,27 @@ def check_ids(ids: Tensor, config: TransformerConfig, name: str = "ids", start_p
         return
     low, high = int(ids.min()), int(ids.max())
     if low < 0 or high >= config.vocab_size:
-        raise ValueError(f"{name} holds token ids in [{low}, {high}] but the vocabulary is [0, {config.vocab_size - 1}]")
+        raise ValueError(
+            f"{name} holds token ids in [{low}, {high}] but the vocabulary is [0, {config.vocab_size - 1}]"
+        )
 
 
 def check_caches(caches, layers: int, start_pos: int, name: str = "caches") -> None:
     """Caches must hold one layer each, and exactly the start_pos positions that come before the new tokens."""
     if caches is None:
         return
-    if isinstance(caches, (str, bytes)) or not hasattr(caches, "__len__") or not hasattr(caches, "__getitem__"):
-        raise TypeError(f"{name} must be a list of per-layer caches (see new_caches), got {type(caches).__name__}")
+    if (
+        isinstance(caches, (str, bytes))
+        or not hasattr(caches, "__len__")
+        or not hasattr(caches, "__getitem__")
+    ):
+        raise TypeError(
+            f"{name} must be a list of per-layer caches (see new_caches), got {type(caches).__name__}"
+        )
     if len(caches) != layers:
-        raise ValueError(f"{name} has {len(caches)} layers but the model has {layers}; make them with new_caches(config, ...)")
+        raise ValueError(
+            f"{name} has {len(caches)} layers but the model has {layers}; make them with new_caches(config, ...)"
+        )
     for i, cache in enumerate(caches):
         if len(cache) != start_pos:
             raise ValueError(
@@ -78,7 +93,9 @@ class Embeddings(nn.Module):
             "sinusoidal": lambda: SinusoidalPositions(config.context_length, config.d_model),
             "learned": lambda: LearnedPositions(config.context_length, config.d_model),
         }.get(config.positional, lambda: None)()
-        self.segments = nn.Embedding(config.segment_vocab_size, config.d_model) if config.segment_vocab_size else None
+        self.segments = (
+            nn.Embedding(config.segment_vocab_size, config.d_model) if config.segment_vocab_size else None
+        )
         self.norm = LayerNorm(config.d_model, config.layer_norm_eps) if config.embedding_norm else None
         self.dropout = Dropout(config.dropout)
         self.scale = math.sqrt(config.d_model) if config.scale_embeddings else 1.0
@@ -87,7 +104,7 @@ class Embeddings(nn.Module):
         # the token vectors back to unit variance on the way in.
         for table in (self.tokens, getattr(self.positions, "embedding", None), self.segments):
             if table is not None:
-                nn.init.normal_(table.weight, std=config.d_model ** -0.5)
+                nn.init.normal_(table.weight, std=config.d_model**-0.5)
 
     def forward(self, ids: Tensor, positions: Tensor, segments: Tensor | None = None) -> Tensor:
         x = self.tokens(ids) * self.scale
@@ -101,9 +118,16 @@ class Embeddings(nn.Module):
 
 
 def _attention(config: TransformerConfig) -> MultiHeadAttention:
-    return MultiHeadAttention(config.d_model, config.heads, bias=config.bias, dropout=config.attention_dropout,
-                              kv_heads=config.n_kv_heads, qk_norm=config.qk_norm, eps=config.layer_norm_eps,
-                              fused=config.attention_path == "fused")
+    return MultiHeadAttention(
+        config.d_model,
+        config.heads,
+        bias=config.bias,
+        dropout=config.attention_dropout,
+        kv_heads=config.n_kv_heads,
+        qk_norm=config.qk_norm,
+        eps=config.layer_norm_eps,
+        fused=config.attention_path == "fused",
+    )
 
 
 def _feed_forward(config: TransformerConfig) -> nn.Module:
@@ -115,7 +139,11 @@ def _feed_forward(config: TransformerConfig) -> nn.Module:
 
 def _norm(config: TransformerConfig) -> nn.Module:
     """The norm of one sub-layer: LayerNorm or RMSNorm, or nothing at all for norm="none"."""
-    return nn.Identity() if config.norm == "none" else make_norm(config.norm_type, config.d_model, config.layer_norm_eps)
+    return (
+        nn.Identity()
+        if config.norm == "none"
+        else make_norm(config.norm_type, config.d_model, config.layer_norm_eps)
+    )
 
 
 class _Block(nn.Module):
@@ -135,8 +163,9 @@ class _Block(nn.Module):
     def add(self, x: Tensor, norm: nn.Module, sublayer: nn.Module, *args, **kwargs) -> Tensor:
         """x with one sub-layer added: x + dropout(sublayer(norm(x))) for pre-norm,
         norm(x + dropout(sublayer(x))) for post-norm; args go to the sub-layer after its input."""
-        return residual(x, lambda h: self.dropout(sublayer(h, *args, **kwargs)), norm, self.norm_placement,
-                        skip=self.skip)
+        return residual(
+            x, lambda h: self.dropout(sublayer(h, *args, **kwargs)), norm, self.norm_placement, skip=self.skip
+        )
 
 
 class EncoderBlock(_Block):
@@ -147,10 +176,24 @@ class EncoderBlock(_Block):
         self.attention, self.attention_norm = _attention(config), _norm(config)
         self.feed_forward, self.feed_forward_norm = _feed_forward(config), _norm(config)
 
-    def forward(self, x: Tensor, *, mask: Tensor | None = None, padding: Tensor | None = None, rotary=None,
-                positions: Tensor | None = None) -> Tensor:
-        x = self.add(x, self.attention_norm, self.attention, mask=mask, padding=padding, rotary=rotary,
-                     positions=positions)
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        mask: Tensor | None = None,
+        padding: Tensor | None = None,
+        rotary=None,
+        positions: Tensor | None = None,
+    ) -> Tensor:
+        x = self.add(
+            x,
+            self.attention_norm,
+            self.attention,
+            mask=mask,
+            padding=padding,
+            rotary=rotary,
+            positions=positions,
+        )
         return self.add(x, self.feed_forward_norm, self.feed_forward)
 
 
@@ -180,13 +223,28 @@ class DecoderBlock(_Block):
         cache: KVCacheLayer | None = None,
         cross_cache: KVCacheLayer | None = None,
     ) -> Tensor:
-        x = self.add(x, self.attention_norm, self.attention, mask=mask, padding=padding, causal=causal,
-                     rotary=rotary, positions=positions, cache=cache)
+        x = self.add(
+            x,
+            self.attention_norm,
+            self.attention,
+            mask=mask,
+            padding=padding,
+            causal=causal,
+            rotary=rotary,
+            positions=positions,
+            cache=cache,
+        )
         if self.cross_attention is not None:
             if memory is None:
                 raise ValueError("this decoder block has cross-attention; pass memory (the encoder output)")
-            x = self.add(x, self.cross_attention_norm, self.cross_attention, memory, mask=memory_mask,
-                         cache=cross_cache)
+            x = self.add(
+                x,
+                self.cross_attention_norm,
+                self.cross_attention,
+                memory,
+                mask=memory_mask,
+                cache=cross_cache,
+            )
         return self.add(x, self.feed_forward_norm, self.feed_forward)
 
 
@@ -196,11 +254,20 @@ class Stack(nn.Module):
     def __init__(self, blocks: Sequence[nn.Module], config: TransformerConfig):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
-        self.final_norm = (make_norm(config.norm_type, config.d_model, config.layer_norm_eps) if config.norm == "pre"
-                           else nn.Identity())
+        self.final_norm = (
+            make_norm(config.norm_type, config.d_model, config.layer_norm_eps)
+            if config.norm == "pre"
+            else nn.Identity()
+        )
 
-    def forward(self, x: Tensor, *, caches: Sequence[KVCacheLayer] | None = None,
-                cross_caches: Sequence[KVCacheLayer] | None = None, **kwargs) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        caches: Sequence[KVCacheLayer] | None = None,
+        cross_caches: Sequence[KVCacheLayer] | None = None,
+        **kwargs,
+    ) -> Tensor:
         """x through every block (kwargs go to each; caches[i] and cross_caches[i] to block i), then the
         final norm."""
         for i, block in enumerate(self.blocks):
@@ -213,7 +280,11 @@ class Stack(nn.Module):
 
 
 def _rotary(config: TransformerConfig) -> RotaryEmbedding | None:
-    return RotaryEmbedding(config.d_head, config.context_length, config.rope_base) if config.positional == "rope" else None
+    return (
+        RotaryEmbedding(config.d_head, config.context_length, config.rope_base)
+        if config.positional == "rope"
+        else None
+    )
 
 
 def _positions(ids: Tensor, start_pos: int) -> Tensor:
@@ -264,11 +335,20 @@ class DecoderLM(nn.Module):
         check_ids(ids, self.config, "ids", start_pos)
         check_caches(caches, len(self.decoder.blocks), start_pos)
         if caches is not None and padding is not None:
-            raise ValueError("padding cannot be combined with caches: the cached keys have no padding flags; "
-                             "decode without padding, or recompute without caches")
+            raise ValueError(
+                "padding cannot be combined with caches: the cached keys have no padding flags; "
+                "decode without padding, or recompute without caches"
+            )
         positions = _positions(ids, start_pos)
-        return self.decoder(self.embed(ids, positions), caches=caches, mask=mask, padding=padding, causal=causal,
-                            rotary=self.rotary, positions=positions)
+        return self.decoder(
+            self.embed(ids, positions),
+            caches=caches,
+            mask=mask,
+            padding=padding,
+            causal=causal,
+            rotary=self.rotary,
+            positions=positions,
+        )
 
     def forward(
         self,
@@ -286,8 +366,9 @@ class DecoderLM(nn.Module):
         rather than a generator (chapter 6). mask and padding: see `hidden_states`.
         last_only: logits for the last position only, (batch, 1, vocab): all that generation needs,
         without the vocabulary head's cost at every other position."""
-        hidden = self.hidden_states(ids, caches=caches, start_pos=start_pos, causal=causal, mask=mask,
-                                    padding=padding)
+        hidden = self.hidden_states(
+            ids, caches=caches, start_pos=start_pos, causal=causal, mask=mask, padding=padding
+        )
         return self.head(hidden[:, -1:] if last_only else hidden)
 
 
@@ -313,8 +394,14 @@ class EncoderLM(nn.Module):
         elif config.task_head == "classify":
             self.classifier = nn.Sequential(Dropout(config.dropout), nn.Linear(d, config.num_labels))
 
-    def hidden_states(self, ids: Tensor, segments: Tensor | None = None, mask: Tensor | None = None, *,
-                      padding: Tensor | None = None) -> Tensor:
+    def hidden_states(
+        self,
+        ids: Tensor,
+        segments: Tensor | None = None,
+        mask: Tensor | None = None,
+        *,
+        padding: Tensor | None = None,
+    ) -> Tensor:
         """Hidden states (batch, seq, d_model).
 
         padding: (batch, seq) bool, True at real tokens; by default the tokens equal to config.pad_id
@@ -325,33 +412,56 @@ class EncoderLM(nn.Module):
         if padding is None and self.config.pad_id is not None:
             padding = ids != self.config.pad_id
         positions = _positions(ids, 0)
-        return self.encoder(self.embed(ids, positions, segments), mask=mask, padding=padding, rotary=self.rotary,
-                            positions=positions)
+        return self.encoder(
+            self.embed(ids, positions, segments),
+            mask=mask,
+            padding=padding,
+            rotary=self.rotary,
+            positions=positions,
+        )
 
     def _check_segments(self, ids: Tensor, segments: Tensor | None) -> None:
         if segments is None:
             return
         if self.config.segment_vocab_size == 0:
-            raise ValueError("segments were given but this config has segment_vocab_size=0, so they would be ignored; "
-                             "use a config with segment_vocab_size >= 2 (BERT's sentence A/B)")
-        if not isinstance(segments, Tensor) or segments.dtype.is_floating_point or segments.dtype == torch.bool:
-            raise TypeError(f"segments must be a tensor of integer segment ids like ids, got {segments!r:.80}")
+            raise ValueError(
+                "segments were given but this config has segment_vocab_size=0, so they would be ignored; "
+                "use a config with segment_vocab_size >= 2 (BERT's sentence A/B)"
+            )
+        if (
+            not isinstance(segments, Tensor)
+            or segments.dtype.is_floating_point
+            or segments.dtype == torch.bool
+        ):
+            raise TypeError(
+                f"segments must be a tensor of integer segment ids like ids, got {segments!r:.80}"
+            )
         if segments.shape != ids.shape:
-            raise ValueError(f"segments has shape {tuple(segments.shape)}; it must match ids, {tuple(ids.shape)}")
+            raise ValueError(
+                f"segments has shape {tuple(segments.shape)}; it must match ids, {tuple(ids.shape)}"
+            )
         if not check_values():
             return
         low, high = int(segments.min()), int(segments.max())
         if low < 0 or high >= self.config.segment_vocab_size:
-            raise ValueError(f"segments holds ids in [{low}, {high}] but segment_vocab_size={self.config.segment_vocab_size} "
-                             f"allows [0, {self.config.segment_vocab_size - 1}]")
+            raise ValueError(
+                f"segments holds ids in [{low}, {high}] but segment_vocab_size={self.config.segment_vocab_size} "
+                f"allows [0, {self.config.segment_vocab_size - 1}]"
+            )
 
     def pool(self, hidden: Tensor) -> Tensor:
         """One vector per sequence: the first token's state, through the pooler if there is one."""
         first = hidden[:, 0]
         return self.pooler(first) if self.pooler is not None else first
 
-    def forward(self, ids: Tensor, segments: Tensor | None = None, mask: Tensor | None = None, *,
-                padding: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        ids: Tensor,
+        segments: Tensor | None = None,
+        mask: Tensor | None = None,
+        *,
+        padding: Tensor | None = None,
+    ) -> Tensor:
         hidden = self.hidden_states(ids, segments, mask, padding=padding)
         if self.config.task_head == "mlm":
             return self.mlm_head(self.mlm_transform(hidden))
@@ -383,8 +493,12 @@ class EncoderDecoder(nn.Module):
     def encode(self, src_ids: Tensor) -> Tensor:
         check_ids(src_ids, self.config, "src_ids")
         positions = _positions(src_ids, 0)
-        return self.encoder(self.embed(src_ids, positions), mask=self.source_mask(src_ids), rotary=self.rotary,
-                            positions=positions)
+        return self.encoder(
+            self.embed(src_ids, positions),
+            mask=self.source_mask(src_ids),
+            rotary=self.rotary,
+            positions=positions,
+        )
 
     def decode(
         self,
@@ -400,17 +514,32 @@ class EncoderDecoder(nn.Module):
         """Next-token logits (batch, tgt_seq, vocab) for the target so far, given the encoder output;
         last_only: for the last position only, (batch, 1, vocab), as generation needs."""
         check_ids(tgt_ids, self.config, "tgt_ids", start_pos)
-        if not isinstance(memory, Tensor) or memory.dim() != 3 or memory.shape[0] != tgt_ids.shape[0] \
-                or memory.shape[-1] != self.config.d_model:
+        if (
+            not isinstance(memory, Tensor)
+            or memory.dim() != 3
+            or memory.shape[0] != tgt_ids.shape[0]
+            or memory.shape[-1] != self.config.d_model
+        ):
             shown = tuple(memory.shape) if isinstance(memory, Tensor) else type(memory).__name__
-            raise ValueError(f"memory={shown} must be the encoder output, (batch={tgt_ids.shape[0]}, src_seq, "
-                             f"d_model={self.config.d_model}); get it from model.encode(src_ids)")
+            raise ValueError(
+                f"memory={shown} must be the encoder output, (batch={tgt_ids.shape[0]}, src_seq, "
+                f"d_model={self.config.d_model}); get it from model.encode(src_ids)"
+            )
         check_caches(caches, len(self.decoder.blocks), start_pos)
         if cross_caches is not None and len(cross_caches) != len(self.decoder.blocks):
-            raise ValueError(f"cross_caches has {len(cross_caches)} layers but the model has {len(self.decoder.blocks)}")
+            raise ValueError(
+                f"cross_caches has {len(cross_caches)} layers but the model has {len(self.decoder.blocks)}"
+            )
         positions = _positions(tgt_ids, start_pos)
-        x = self.decoder(self.embed(tgt_ids, positions), memory=memory, memory_mask=memory_mask, caches=caches,
-                         cross_caches=cross_caches, rotary=self.rotary, positions=positions)
+        x = self.decoder(
+            self.embed(tgt_ids, positions),
+            memory=memory,
+            memory_mask=memory_mask,
+            caches=caches,
+            cross_caches=cross_caches,
+            rotary=self.rotary,
+            positions=positions,
+        )
         return self.head(x[:, -1:] if last_only else x)
 
     def forward(self, src_ids: Tensor, tgt_ids: Tensor) -> Tensor:
@@ -428,7 +557,9 @@ MODEL_CLASSES = {"decoder": DecoderLM, "encoder": EncoderLM, "encoder-decoder": 
 def build_model(config: TransformerConfig) -> nn.Module:
     """The model a config describes: DecoderLM, EncoderLM or EncoderDecoder."""
     if not isinstance(config, TransformerConfig):
-        raise TypeError(f"build_model takes a TransformerConfig (e.g. presets['tiny']), got {type(config).__name__}")
+        raise TypeError(
+            f"build_model takes a TransformerConfig (e.g. presets['tiny']), got {type(config).__name__}"
+        )
     return MODEL_CLASSES[config.kind](config)
 
 

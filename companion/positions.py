@@ -2,9 +2,10 @@
 
 Chapter 3 (embeddings and positional encodings) explains them.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from einops import rearrange
@@ -16,7 +17,11 @@ from .validation import expect, is_number, whole_number
 
 def _check_positions(positions: Tensor, context_length: int, who: str) -> None:
     """Positions index a table of `context_length` rows; say so clearly when they fall outside it."""
-    if not isinstance(positions, Tensor) or positions.dtype.is_floating_point or positions.dtype == torch.bool:
+    if (
+        not isinstance(positions, Tensor)
+        or positions.dtype.is_floating_point
+        or positions.dtype == torch.bool
+    ):
         raise TypeError(f"{who}: positions must be a tensor of integer positions, got {positions!r:.80}")
     # On an accelerator the range check would stall every call on a device sync, and compiled code
     # cannot read values without a graph break; the models already check their ids against
@@ -38,8 +43,12 @@ def inverse_frequencies(width: int, base: float = 10000.0) -> Tensor:
     """
     whole_number("width", width)
     expect(width % 2 == 0, "width", width, "an even number: features come in (sin, cos) or rotated pairs")
-    expect(is_number(base) and base > 1.0, "base", base,
-           "a number greater than 1, so that frequencies fall from pair to pair")
+    expect(
+        is_number(base) and base > 1.0,
+        "base",
+        base,
+        "a number greater than 1, so that frequencies fall from pair to pair",
+    )
     return base ** (-torch.arange(0, width, 2, dtype=torch.float64) / width)
 
 
@@ -52,7 +61,9 @@ def sinusoidal_table(positions: int, d_model: int, base: float = 10000.0) -> Ten
     whole_number("d_model", d_model)
     expect(d_model % 2 == 0, "d_model", d_model, "an even number: sine and cosine come in pairs")
     # float64 angles, so that positions in the thousands keep their phase before rounding to float32.
-    angles = torch.arange(positions, dtype=torch.float64)[:, None] * inverse_frequencies(d_model, base)[None, :]
+    angles = (
+        torch.arange(positions, dtype=torch.float64)[:, None] * inverse_frequencies(d_model, base)[None, :]
+    )
     table = torch.stack([angles.sin(), angles.cos()], dim=-1)  # (seq, d_model / 2, 2)
     return rearrange(table, "seq half two -> seq (half two)").float()
 
@@ -120,7 +131,10 @@ class RotaryEmbedding(nn.Module):
         expect(d_head % 2 == 0, "d_head", d_head, "an even number: RoPE rotates pairs of features")
         whole_number("context_length", context_length)
         self.d_head, self.context_length = d_head, context_length
-        angles = torch.arange(context_length, dtype=torch.float64)[:, None] * inverse_frequencies(d_head, base)[None, :]
+        angles = (
+            torch.arange(context_length, dtype=torch.float64)[:, None]
+            * inverse_frequencies(d_head, base)[None, :]
+        )
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
@@ -132,7 +146,9 @@ class RotaryEmbedding(nn.Module):
             positions = torch.arange(x.shape[-2], device=x.device)
         _check_positions(positions, self.context_length, "RotaryEmbedding")
         if positions.shape != (x.shape[-2],):
-            raise ValueError(f"positions has shape {tuple(positions.shape)}; expected one per position of x: ({x.shape[-2]},)")
+            raise ValueError(
+                f"positions has shape {tuple(positions.shape)}; expected one per position of x: ({x.shape[-2]},)"
+            )
         cos, sin = self.cos[positions], self.sin[positions]
         return rotate_pairs(x.float(), cos, sin).to(x.dtype)
 
@@ -146,6 +162,8 @@ def equivariance_gap(layer: Callable[[Tensor], Tensor], x: Tensor, perm: Tensor)
     if x.dim() != 3:
         raise ValueError(f"x has shape {tuple(x.shape)}; expected (batch, seq, d_model)")
     if sorted(perm.tolist()) != list(range(x.shape[1])):
-        raise ValueError(f"perm must be a permutation of 0..{x.shape[1] - 1} (the seq axis of x), got {perm.tolist()}")
+        raise ValueError(
+            f"perm must be a permutation of 0..{x.shape[1] - 1} (the seq axis of x), got {perm.tolist()}"
+        )
     with torch.no_grad():
         return (layer(x[:, perm]) - layer(x)[:, perm]).abs().max().item()

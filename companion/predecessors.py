@@ -3,9 +3,10 @@ and an RNN (vanilla, GRU, LSTM), each mapping ids (batch, seq) to logits (batch,
 
 Chapter 1 (before transformers) measures them against attention.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +81,8 @@ def receptive_field(layers: int, kernel_size: int, dilation_growth: int = 1) -> 
 
 
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, dilation: int = 1) -> Tensor:
-    """x (batch, seq, d_in), weight (d_out, d_in, kernel) -> (batch, seq, d_out); output t sees x[t - (kernel-1)*dilation .. t].
+    """x (batch, seq, d_in), weight (d_out, d_in, kernel) -> (batch, seq, d_out);
+    output t sees x[t - (kernel-1)*dilation .. t].
 
     Padding only on the left keeps the output as long as the input and never looks ahead.
     """
@@ -96,10 +98,22 @@ class CausalCNN(nn.Module):
     Output t sees the last receptive_field(layers, kernel_size, dilation_growth) tokens and nothing else.
     """
 
-    def __init__(self, vocab_size: int, d_model: int = 32, layers: int = 2, kernel_size: int = 3, dilation_growth: int = 1):
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int = 32,
+        layers: int = 2,
+        kernel_size: int = 3,
+        dilation_growth: int = 1,
+    ):
         super().__init__()
-        sizes(vocab_size=vocab_size, d_model=d_model, layers=layers, kernel_size=kernel_size,
-              dilation_growth=dilation_growth)
+        sizes(
+            vocab_size=vocab_size,
+            d_model=d_model,
+            layers=layers,
+            kernel_size=kernel_size,
+            dilation_growth=dilation_growth,
+        )
         self.vocab_size, self.kernel_size = vocab_size, kernel_size
         self.dilations = [dilation_growth**i for i in range(layers)]
         self.receptive_field = receptive_field(layers, kernel_size, dilation_growth)
@@ -139,7 +153,12 @@ def rnn_loop(x: Tensor, cell: nn.RNN, h0: Tensor | None = None) -> Tensor:
 
     Equal to `cell(x)[0]`; each step needs the previous one, so the loop cannot run in parallel over time.
     """
-    if not isinstance(cell, nn.RNN) or cell.num_layers != 1 or cell.nonlinearity != "tanh" or not cell.batch_first:
+    if (
+        not isinstance(cell, nn.RNN)
+        or cell.num_layers != 1
+        or cell.nonlinearity != "tanh"
+        or not cell.batch_first
+    ):
         raise ValueError("rnn_loop takes a one-layer nn.RNN(..., nonlinearity='tanh', batch_first=True)")
     h = x.new_zeros(x.shape[0], cell.hidden_size) if h0 is None else h0
     bias = cell.bias_ih_l0 + cell.bias_hh_l0 if cell.bias else x.new_zeros(cell.hidden_size)
@@ -200,7 +219,6 @@ def autograd_depth(output: Tensor) -> int:
     if output.grad_fn is None:
         return 0
     depth: dict = {}
-    order: list = []
     stack = [(output.grad_fn, False)]
     while stack:  # iterative post-order, so long RNN graphs do not hit the recursion limit
         node, expanded = stack.pop()
@@ -219,7 +237,9 @@ def recall_loss(model: nn.Module, ids: Tensor, answer: Tensor | None = None) -> 
     """Cross-entropy against the key at every position after the marker (`recall_targets`): one sequence
     trains every distance. `answer` is accepted so `recall_batches` can feed it directly; it is the last target."""
     logits = model(ids)
-    return F.cross_entropy(rearrange(logits, "batch seq vocab -> (batch seq) vocab"), recall_targets(ids).flatten())
+    return F.cross_entropy(
+        rearrange(logits, "batch seq vocab -> (batch seq) vocab"), recall_targets(ids).flatten()
+    )
 
 
 @torch.no_grad()

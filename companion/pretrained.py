@@ -2,11 +2,12 @@
 as an `EncoderLM`, and their tokenizers through `tokenizers`. Chapter 5 shows GPT-2 and BERT equal to
 `transformers`, chapter 8 (modern decoders) Llama.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from einops import rearrange
@@ -29,13 +30,16 @@ def resolve(source: str | Path, *, download: bool = False, cache_dir: str | Path
     if path.is_dir():
         return path
     if path.exists():
-        raise ValueError(f"source={str(source)!r} is a file; give the directory that holds config.json and the weights")
+        raise ValueError(
+            f"source={str(source)!r} is a file; give the directory that holds config.json and the weights"
+        )
     from huggingface_hub import snapshot_download  # imported here: only hub names need it
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     try:
-        found = snapshot_download(str(source), allow_patterns=HUB_PATTERNS, cache_dir=cache_dir,
-                                  local_files_only=not download)
+        found = snapshot_download(
+            str(source), allow_patterns=HUB_PATTERNS, cache_dir=cache_dir, local_files_only=not download
+        )
     except HFValidationError:
         raise FileNotFoundError(
             f"source={str(source)!r} is neither an existing directory nor a hub name such as 'gpt2'"
@@ -73,7 +77,9 @@ def read_weights(directory: Path) -> dict[str, Tensor]:
 def read_config(directory: Path) -> dict:
     path = directory / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{directory} has no config.json; a checkpoint in Hugging Face layout needs one")
+        raise FileNotFoundError(
+            f"{directory} has no config.json; a checkpoint in Hugging Face layout needs one"
+        )
     return json.loads(path.read_text())
 
 
@@ -81,8 +87,13 @@ def read_config(directory: Path) -> dict:
 
 # Hugging Face activation names -> the companion's. gelu_new, gelu_fast and gelu_pytorch_tanh are
 # three spellings of the same tanh approximation.
-ACTIVATION_NAMES = {"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
-                    "gelu_pytorch_tanh": "gelu_tanh"}
+ACTIVATION_NAMES = {
+    "gelu": "gelu",
+    "relu": "relu",
+    "gelu_new": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+}
 
 
 def _activation(hf: dict, key: str) -> str:
@@ -108,11 +119,20 @@ def gpt2_config(hf: dict, weights: dict[str, Tensor]) -> TransformerConfig:
     """GPT-2 (Radford et al. 2019): pre-LN decoder, learned positions, tied head, tanh GELU."""
     _refuse(hf, scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False, add_cross_attention=False)
     return TransformerConfig(
-        kind="decoder", vocab_size=hf["vocab_size"], context_length=hf["n_positions"], d_model=hf["n_embd"],
-        heads=hf["n_head"], layers=hf["n_layer"], d_ff=_d_ff(hf.get("n_inner"), hf["n_embd"]), norm="pre",
-        positional="learned", activation=_activation(hf, "activation_function"),
-        dropout=hf.get("resid_pdrop", 0.0), attention_dropout=hf.get("attn_pdrop", 0.0),
-        tie_embeddings=hf.get("tie_word_embeddings", True), layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        kind="decoder",
+        vocab_size=hf["vocab_size"],
+        context_length=hf["n_positions"],
+        d_model=hf["n_embd"],
+        heads=hf["n_head"],
+        layers=hf["n_layer"],
+        d_ff=_d_ff(hf.get("n_inner"), hf["n_embd"]),
+        norm="pre",
+        positional="learned",
+        activation=_activation(hf, "activation_function"),
+        dropout=hf.get("resid_pdrop", 0.0),
+        attention_dropout=hf.get("attn_pdrop", 0.0),
+        tie_embeddings=hf.get("tie_word_embeddings", True),
+        layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
     )
 
 
@@ -121,15 +141,25 @@ def bert_config(hf: dict, weights: dict[str, Tensor]) -> TransformerConfig:
     The pooler and the masked-LM head are built when the checkpoint has their weights."""
     _refuse(hf, position_embedding_type="absolute", is_decoder=False, add_cross_attention=False)
     return TransformerConfig(
-        kind="encoder", vocab_size=hf["vocab_size"], context_length=hf["max_position_embeddings"],
-        d_model=hf["hidden_size"], heads=hf["num_attention_heads"], layers=hf["num_hidden_layers"],
-        d_ff=_d_ff(hf["intermediate_size"], hf["hidden_size"]), norm="post", positional="learned",
+        kind="encoder",
+        vocab_size=hf["vocab_size"],
+        context_length=hf["max_position_embeddings"],
+        d_model=hf["hidden_size"],
+        heads=hf["num_attention_heads"],
+        layers=hf["num_hidden_layers"],
+        d_ff=_d_ff(hf["intermediate_size"], hf["hidden_size"]),
+        norm="post",
+        positional="learned",
         activation=_activation(hf, "hidden_act"),
-        dropout=hf.get("hidden_dropout_prob", 0.0), attention_dropout=hf.get("attention_probs_dropout_prob", 0.0),
-        tie_embeddings=hf.get("tie_word_embeddings", True), embedding_norm=True,
-        segment_vocab_size=hf.get("type_vocab_size", 2), pooler="pooler.dense.weight" in weights,
+        dropout=hf.get("hidden_dropout_prob", 0.0),
+        attention_dropout=hf.get("attention_probs_dropout_prob", 0.0),
+        tie_embeddings=hf.get("tie_word_embeddings", True),
+        embedding_norm=True,
+        segment_vocab_size=hf.get("type_vocab_size", 2),
+        pooler="pooler.dense.weight" in weights,
         task_head="mlm" if "cls.predictions.transform.dense.weight" in weights else "none",
-        layer_norm_eps=hf.get("layer_norm_eps", 1e-12), pad_id=hf.get("pad_token_id"),
+        layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+        pad_id=hf.get("pad_token_id"),
     )
 
 
@@ -139,19 +169,33 @@ def llama_config(hf: dict, weights: dict[str, Tensor]) -> TransformerConfig:
     _refuse(hf, hidden_act="silu", attention_bias=False, mlp_bias=False, pretraining_tp=1)
     d_model, heads = hf["hidden_size"], hf["num_attention_heads"]
     if hf.get("head_dim") not in (None, d_model // heads):
-        raise ValueError(f"config.json has head_dim={hf['head_dim']!r}; the companion needs head_dim = "
-                         f"hidden_size / num_attention_heads = {d_model // heads}")
+        raise ValueError(
+            f"config.json has head_dim={hf['head_dim']!r}; the companion needs head_dim = "
+            f"hidden_size / num_attention_heads = {d_model // heads}"
+        )
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     if rope.get("rope_type", rope.get("type", "default")) != "default":
-        raise ValueError(f"config.json has rope type {rope.get('rope_type', rope.get('type'))!r}; the companion "
-                         "has only the default rotary embedding (no scaling)")
+        raise ValueError(
+            f"config.json has rope type {rope.get('rope_type', rope.get('type'))!r}; the companion "
+            "has only the default rotary embedding (no scaling)"
+        )
     return TransformerConfig(
-        kind="decoder", vocab_size=hf["vocab_size"], context_length=hf["max_position_embeddings"],
-        d_model=d_model, heads=heads, kv_heads=hf.get("num_key_value_heads") or heads,
-        layers=hf["num_hidden_layers"], norm="pre", norm_type="rms",
+        kind="decoder",
+        vocab_size=hf["vocab_size"],
+        context_length=hf["max_position_embeddings"],
+        d_model=d_model,
+        heads=heads,
+        kv_heads=hf.get("num_key_value_heads") or heads,
+        layers=hf["num_hidden_layers"],
+        norm="pre",
+        norm_type="rms",
         d_ff=None if hf["intermediate_size"] == swiglu_width(d_model) else hf["intermediate_size"],
-        positional="rope", activation="swiglu", attention_dropout=hf.get("attention_dropout", 0.0), bias=False,
-        tie_embeddings=hf.get("tie_word_embeddings", False), layer_norm_eps=hf.get("rms_norm_eps", 1e-6),
+        positional="rope",
+        activation="swiglu",
+        attention_dropout=hf.get("attention_dropout", 0.0),
+        bias=False,
+        tie_embeddings=hf.get("tie_word_embeddings", False),
+        layer_norm_eps=hf.get("rms_norm_eps", 1e-6),
         rope_base=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
     )
 
@@ -168,7 +212,6 @@ def same(t: Tensor) -> Tensor:
 def transposed(t: Tensor) -> Tensor:
     """GPT-2's Conv1D stores its weight as (in, out); nn.Linear stores (out, in)."""
     return t.T if t.dim() == 2 else t
-
 
 
 def qkv(part: int) -> Convert:
@@ -265,8 +308,10 @@ LLAMA_UNUSED = {
 
 # Tied copies: kept in some checkpoints, they must equal the tensor the companion shares.
 GPT2_TIED = {"lm_head.weight": "wte.weight"}
-BERT_TIED = {"cls.predictions.decoder.weight": "embeddings.word_embeddings.weight",
-             "cls.predictions.decoder.bias": "cls.predictions.bias"}
+BERT_TIED = {
+    "cls.predictions.decoder.weight": "embeddings.word_embeddings.weight",
+    "cls.predictions.decoder.bias": "cls.predictions.bias",
+}
 LLAMA_TIED = {"lm_head.weight": "embed_tokens.weight"}
 
 # model_type -> (prefix some checkpoints put before every name, config reader, table (or a function
@@ -301,8 +346,9 @@ def tied_names(model: nn.Module) -> dict[str, str]:
     return aliases
 
 
-def map_weights(weights: dict[str, Tensor], model: nn.Module, model_type: str,
-                dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+def map_weights(
+    weights: dict[str, Tensor], model: nn.Module, model_type: str, dtype: torch.dtype = torch.float32
+) -> dict[str, Tensor]:
     """The model's state dict, filled from a checkpoint's tensors through the family's table.
 
     Raises, naming the tensor, for a missing tensor, a leftover one, a shape that does not fit,
@@ -353,8 +399,13 @@ def map_weights(weights: dict[str, Tensor], model: nn.Module, model_type: str,
 # ---------------------------------------------------------------- the public entry points
 
 
-def load_pretrained(source: str | Path, *, download: bool = False, cache_dir: str | Path | None = None,
-                    dtype: torch.dtype = torch.float32) -> nn.Module:
+def load_pretrained(
+    source: str | Path,
+    *,
+    download: bool = False,
+    cache_dir: str | Path | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> nn.Module:
     """A GPT-2 or Llama (`DecoderLM`) or BERT (`EncoderLM`, with its pooler and MLM head) checkpoint as a
     companion model, in eval mode, its config read from config.json.
 
@@ -410,8 +461,9 @@ class PretrainedTokenizer:
         return f"PretrainedTokenizer({type(self.backend.model).__name__}, vocab_size={self.vocab_size})"
 
 
-def load_tokenizer(source: str | Path, *, download: bool = False,
-                   cache_dir: str | Path | None = None) -> PretrainedTokenizer:
+def load_tokenizer(
+    source: str | Path, *, download: bool = False, cache_dir: str | Path | None = None
+) -> PretrainedTokenizer:
     """The tokenizer saved beside a checkpoint (tokenizer.json), from a directory or a cached hub name."""
     from tokenizers import Tokenizer
 

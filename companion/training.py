@@ -6,16 +6,17 @@ module's own stable `cross_entropy` (a log-sum-exp minus the target's logit), th
 
 Chapter 7 (training objectives) explains it.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import random
 import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -67,19 +68,25 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = IGNORE_IN
     is kept for the backward pass, not a second (..., vocab) tensor. NaN when every target is ignored.
     """
     if not isinstance(logits, Tensor) or not logits.dtype.is_floating_point or logits.dim() < 1:
-        raise TypeError(f"cross_entropy: logits must be a floating-point tensor (..., vocab), got {_described(logits)}")
+        raise TypeError(
+            f"cross_entropy: logits must be a floating-point tensor (..., vocab), got {_described(logits)}"
+        )
     if not isinstance(targets, Tensor) or targets.dtype.is_floating_point or targets.dtype == torch.bool:
         raise TypeError(f"cross_entropy: targets must be a tensor of integer ids, got {_described(targets)}")
     if tuple(targets.shape) != tuple(logits.shape[:-1]):
-        raise ValueError(f"cross_entropy: targets has shape {tuple(targets.shape)}, logits {tuple(logits.shape)}; "
-                         f"targets must be logits' shape without the last (vocab) axis, {tuple(logits.shape[:-1])}")
+        raise ValueError(
+            f"cross_entropy: targets has shape {tuple(targets.shape)}, logits {tuple(logits.shape)}; "
+            f"targets must be logits' shape without the last (vocab) axis, {tuple(logits.shape[:-1])}"
+        )
     vocab = logits.shape[-1]
     keep = targets != ignore_index
     if targets.device.type == "cpu" and keep.any():  # on an accelerator this check would wait on the device
         low, high = int(targets[keep].min()), int(targets[keep].max())
         if low < 0 or high >= vocab:
-            raise ValueError(f"cross_entropy: targets hold ids in [{low}, {high}] but the logits cover [0, {vocab - 1}] "
-                             f"(and ignore_index={ignore_index} is skipped)")
+            raise ValueError(
+                f"cross_entropy: targets hold ids in [{low}, {high}] but the logits cover [0, {vocab - 1}] "
+                f"(and ignore_index={ignore_index} is skipped)"
+            )
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
     target_logit = logits.gather(-1, torch.where(keep, targets, 0).long().unsqueeze(-1)).squeeze(-1)
@@ -98,8 +105,9 @@ def gradient_norm(parameters: Iterable[Tensor]) -> Tensor:
     if not grads:
         return torch.zeros(())
     low = (torch.float16, torch.bfloat16)  # summed in float32: half-precision squares overflow and round
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float() if g.dtype in low else g)
-                                                 for g in grads]))
+    return torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(g.float() if g.dtype in low else g) for g in grads])
+    )
 
 
 def clip_gradients(parameters: Iterable[Tensor], max_norm: float) -> Tensor:
@@ -126,8 +134,15 @@ def clip_gradients(parameters: Iterable[Tensor], max_norm: float) -> Tensor:
 SCHEDULES = ("cosine", "inverse-sqrt")
 
 
-def lr_at(step: int, *, max_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0,
-          schedule: str = "cosine") -> float:
+def lr_at(
+    step: int,
+    *,
+    max_lr: float,
+    warmup_steps: int,
+    total_steps: int,
+    min_lr: float = 0.0,
+    schedule: str = "cosine",
+) -> float:
     """The learning rate at step (counting from 0). Both schedules warm up linearly to max_lr over
     warmup_steps. "cosine": then cosine decay to min_lr at total_steps. "inverse-sqrt" (the original
     Transformer's): then decay as 1/sqrt(step), max_lr * sqrt(warmup_steps / (step + 1)), with no end.
@@ -149,11 +164,12 @@ def inverse_sqrt_lr(step_num: int, *, d_model: int, warmup_steps: int) -> float:
     lr_at(step_num - 1, schedule="inverse-sqrt", max_lr=that peak) is the same rate."""
     for name, value in (("step_num", step_num), ("d_model", d_model), ("warmup_steps", warmup_steps)):
         whole_number(name, value)
-    return d_model ** -0.5 * min(step_num ** -0.5, step_num * warmup_steps ** -1.5)
+    return d_model**-0.5 * min(step_num**-0.5, step_num * warmup_steps**-1.5)
 
 
-def smoothed_cross_entropy(logits: Tensor, targets: Tensor, smoothing: float = 0.1,
-                           ignore_index: int = IGNORE_INDEX) -> Tensor:
+def smoothed_cross_entropy(
+    logits: Tensor, targets: Tensor, smoothing: float = 0.1, ignore_index: int = IGNORE_INDEX
+) -> Tensor:
     """Cross-entropy against a label-smoothed target (Szegedy et al. 2016; Vaswani et al. 2017 use 0.1):
     1 - smoothing on the true token plus smoothing spread evenly over all vocab tokens, so
     loss = (1 - smoothing) * (-log p[target]) + smoothing * mean over tokens of (-log p).
@@ -161,8 +177,10 @@ def smoothed_cross_entropy(logits: Tensor, targets: Tensor, smoothing: float = 0
     same as F.cross_entropy(..., label_smoothing=smoothing), written out."""
     fraction("smoothing", smoothing)  # the share of the target spread over the whole vocabulary
     if logits.shape[:-1] != targets.shape:
-        raise ValueError(f"logits have shape {tuple(logits.shape)} and targets {tuple(targets.shape)}; "
-                         "expected logits (..., vocab) and targets (...)")
+        raise ValueError(
+            f"logits have shape {tuple(logits.shape)} and targets {tuple(targets.shape)}; "
+            "expected logits (..., vocab) and targets (...)"
+        )
     log_p = logits.float().log_softmax(dim=-1).reshape(-1, logits.shape[-1])
     targets = targets.reshape(-1)
     keep = targets != ignore_index
@@ -174,8 +192,9 @@ def smoothed_cross_entropy(logits: Tensor, targets: Tensor, smoothing: float = 0
     return ((1.0 - smoothing) * true + smoothing * spread).mean()
 
 
-def next_token_loss(logits: Tensor, ids: Tensor, ignore_index: int = IGNORE_INDEX,
-                    label_smoothing: float = 0.0) -> Tensor:
+def next_token_loss(
+    logits: Tensor, ids: Tensor, ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0
+) -> Tensor:
     """Cross-entropy of position t's logits against token t+1: the decoder-only objective.
     label_smoothing: see smoothed_cross_entropy (0: plain cross-entropy)."""
     fraction("label_smoothing", label_smoothing)
@@ -197,8 +216,9 @@ def mask_tokens(
     become mask_id, 10% a random non-special token, 10% stay. Returns (inputs, labels); labels hold the
     original token at selected positions and IGNORE_INDEX elsewhere, so only selected positions are scored.
     """
-    expect(is_number(select_prob) and 0.0 < select_prob <= 1.0, "select_prob", select_prob,
-           "a number in (0, 1]")
+    expect(
+        is_number(select_prob) and 0.0 < select_prob <= 1.0, "select_prob", select_prob, "a number in (0, 1]"
+    )
     expect(0 <= mask_id < vocab_size, "mask_id", mask_id, f"an id in the vocabulary [0, {vocab_size})")
     special = torch.tensor(sorted(set(special_ids) | {mask_id}), dtype=ids.dtype)
     ordinary = torch.tensor([i for i in range(vocab_size) if i not in set(special.tolist())], dtype=ids.dtype)
@@ -239,8 +259,10 @@ class SequenceClassifier(nn.Module):
     def __init__(self, encoder: nn.Module, num_labels: int):
         super().__init__()
         if not hasattr(encoder, "hidden_states"):
-            raise TypeError(f"SequenceClassifier needs a model with .hidden_states(ids) (an EncoderLM or a DecoderLM), "
-                            f"got {type(encoder).__name__}")
+            raise TypeError(
+                f"SequenceClassifier needs a model with .hidden_states(ids) (an EncoderLM or a DecoderLM), "
+                f"got {type(encoder).__name__}"
+            )
         self.encoder = encoder
         self.pad_id = encoder.config.pad_id
         self.head = nn.Linear(encoder.config.d_model, num_labels)
@@ -251,6 +273,7 @@ class SequenceClassifier(nn.Module):
 
 
 # Loss functions in the form train() calls: loss_fn(model, *batch) -> scalar.
+
 
 def next_token_objective(model: nn.Module, ids: Tensor) -> Tensor:
     return next_token_loss(model(ids), ids)
@@ -287,7 +310,9 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, batches: Iterable[tuple], loss_fn: Callable[..., Tensor], *, device=None) -> float:
+def evaluate_loss(
+    model: nn.Module, batches: Iterable[tuple], loss_fn: Callable[..., Tensor], *, device=None
+) -> float:
     """The mean of loss_fn over batches (give equal-sized batches), in eval mode and without gradients."""
     device = check_device(device) if device is not None else next(model.parameters()).device
     total, count = 0.0, 0
@@ -295,7 +320,10 @@ def evaluate_loss(model: nn.Module, batches: Iterable[tuple], loss_fn: Callable[
         for batch in batches:
             batch = _check_batch(batch, f"batch {count}")
             with autocast(device):
-                loss = _check_loss(loss_fn(model, *(t.to(device) if isinstance(t, Tensor) else t for t in batch)), need_grad=False)
+                loss = _check_loss(
+                    loss_fn(model, *(t.to(device) if isinstance(t, Tensor) else t for t in batch)),
+                    need_grad=False,
+                )
             total += float(loss)
             count += 1
     if count == 0:
@@ -335,26 +363,42 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that cannot train."""
+
         def need(ok: bool, name: str, expected: str) -> None:
             expect(ok, f"TrainConfig.{name}", getattr(self, name), expected)
 
         whole_number("TrainConfig.steps", self.steps)
-        need(is_whole(self.warmup_steps) and 0 <= self.warmup_steps <= self.steps, "warmup_steps",
-             f"a whole number in [0, steps={self.steps}]")
+        need(
+            is_whole(self.warmup_steps) and 0 <= self.warmup_steps <= self.steps,
+            "warmup_steps",
+            f"a whole number in [0, steps={self.steps}]",
+        )
         positive_number("TrainConfig.lr", self.lr)
-        need(is_number(self.min_lr) and 0 <= self.min_lr <= self.lr, "min_lr",
-             f"a finite number in [0, lr={self.lr}]: the rate decays from lr down to min_lr")
+        need(
+            is_number(self.min_lr) and 0 <= self.min_lr <= self.lr,
+            "min_lr",
+            f"a finite number in [0, lr={self.lr}]: the rate decays from lr down to min_lr",
+        )
         need(is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a finite number >= 0")
-        need(self.grad_clip is None or (is_number(self.grad_clip) and self.grad_clip > 0), "grad_clip",
-             "a positive number or None (no clipping)")
-        need(isinstance(self.betas, (tuple, list)) and len(self.betas) == 2
-             and all(is_number(b) and 0 <= b < 1 for b in self.betas), "betas",
-             "a pair of numbers in [0, 1), Adam's (beta1, beta2) such as (0.9, 0.95)")
+        need(
+            self.grad_clip is None or (is_number(self.grad_clip) and self.grad_clip > 0),
+            "grad_clip",
+            "a positive number or None (no clipping)",
+        )
+        need(
+            isinstance(self.betas, (tuple, list))
+            and len(self.betas) == 2
+            and all(is_number(b) and 0 <= b < 1 for b in self.betas),
+            "betas",
+            "a pair of numbers in [0, 1), Adam's (beta1, beta2) such as (0.9, 0.95)",
+        )
         flag("TrainConfig.progress", self.progress)
         whole_number("TrainConfig.log_every", self.log_every)
-        need(self.max_loss_ratio is None or (is_number(self.max_loss_ratio) and self.max_loss_ratio > 1),
-             "max_loss_ratio",
-             "a number > 1 or None (no divergence check)")
+        need(
+            self.max_loss_ratio is None or (is_number(self.max_loss_ratio) and self.max_loss_ratio > 1),
+            "max_loss_ratio",
+            "a number > 1 or None (no divergence check)",
+        )
         one_of("TrainConfig.schedule", self.schedule, SCHEDULES)
         if self.schedule == "inverse-sqrt":
             need(self.warmup_steps >= 1, "warmup_steps", "a whole number >= 1 with schedule='inverse-sqrt'")
@@ -392,7 +436,9 @@ def _shard(batch: tuple, rank: int, world: int) -> tuple:
     for t in batch:
         if isinstance(t, Tensor):
             if t.shape[0] % world:
-                raise ValueError(f"a batch of {t.shape[0]} does not split evenly over {world} processes; use a multiple of {world}")
+                raise ValueError(
+                    f"a batch of {t.shape[0]} does not split evenly over {world} processes; use a multiple of {world}"
+                )
             t = t.chunk(world)[rank]
         out.append(t)
     return tuple(out)
@@ -408,26 +454,44 @@ def _comparable(config: TrainConfig) -> dict:
 
 def _differences(saved: dict, current: dict) -> list[str]:
     keys = sorted(set(saved) | set(current))
-    return [f"{k}={saved.get(k)!r} there, {current.get(k)!r} here" for k in keys if saved.get(k) != current.get(k)]
+    return [
+        f"{k}={saved.get(k)!r} there, {current.get(k)!r} here" for k in keys if saved.get(k) != current.get(k)
+    ]
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, step: int,
-                    history: History, config: TrainConfig) -> None:
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    step: int,
+    history: History,
+    config: TrainConfig,
+) -> None:
     """Everything needed to continue exactly: weights, optimizer moments, step, history, RNG states.
 
     Written to a temporary file and renamed, so a crash never leaves half a checkpoint in place.
     """
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"checkpoint {str(path)!r} is a directory; give a file path such as {str(path / 'run.pt')!r}")
+        raise IsADirectoryError(
+            f"checkpoint {str(path)!r} is a directory; give a file path such as {str(path / 'run.pt')!r}"
+        )
     model = getattr(model, "module", model)  # unwrap DDP
     model_config = getattr(model, "config", None)
     state = {
-        "format": 1, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "format": 1,
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
         "model_config": asdict(model_config) if model_config is not None else None,
-        "train_config": _comparable(config), "history": asdict(history),
-        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "train_config": _comparable(config),
+        "history": asdict(history),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     # A temporary name of its own in the same directory (so the rename is atomic, and two writers never
@@ -465,35 +529,48 @@ CHECKPOINT_KEYS = ("format", "step", "model", "optimizer", "model_config", "trai
 
 def _read_checkpoint(path: Path) -> dict:
     """The checkpoint's contents, or ValueError saying why the file is not a readable checkpoint."""
+
     def unreadable(why: str) -> ValueError:
         return ValueError(f"checkpoint {str(path)!r} is not a readable checkpoint: {why}. Nothing was loaded")
 
     if path.is_dir():
-        raise IsADirectoryError(f"checkpoint {str(path)!r} is a directory, not a checkpoint file; give the file inside it")
+        raise IsADirectoryError(
+            f"checkpoint {str(path)!r} is a directory, not a checkpoint file; give the file inside it"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     if path.stat().st_size == 0:
         raise unreadable("the file is empty (0 bytes), as a write cut off at the start leaves it")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch reports a damaged file in many ways: OSError, EOFError, RuntimeError, ...
+    except (
+        Exception
+    ) as error:  # torch reports a damaged file in many ways: OSError, EOFError, RuntimeError, ...
         text = str(error).strip()
         detail = text.splitlines()[0].split(". ")[0][:160] if text else "no detail"
-        raise unreadable(f"torch.load failed with {type(error).__name__} ({detail}); the file is truncated, "
-                         "corrupt, or not a file torch.save wrote") from error
+        raise unreadable(
+            f"torch.load failed with {type(error).__name__} ({detail}); the file is truncated, "
+            "corrupt, or not a file torch.save wrote"
+        ) from error
     if not isinstance(state, dict):
         raise unreadable(f"it holds a {type(state).__name__}, not the dict that save_checkpoint writes")
     missing = [k for k in CHECKPOINT_KEYS if k not in state]
     if missing:
-        raise unreadable(f"it has no {', '.join(map(repr, missing))}, so save_checkpoint (companion.training) did not "
-                         "write it; a bare state_dict loads with model.load_state_dict(torch.load(path))")
+        raise unreadable(
+            f"it has no {', '.join(map(repr, missing))}, so save_checkpoint (companion.training) did not "
+            "write it; a bare state_dict loads with model.load_state_dict(torch.load(path))"
+        )
     if state["format"] != 1:
         raise unreadable(f"it is format {state['format']!r}; this version reads format 1")
     return state
 
 
-def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    config: TrainConfig | None = None) -> tuple[int, History]:
+def load_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    config: TrainConfig | None = None,
+) -> tuple[int, History]:
     """Restore a checkpoint into model (and optimizer, RNG states); return (next step, history).
 
     Refuses, before changing anything, a checkpoint written for another model or training config.
@@ -521,10 +598,13 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         saved_groups = [len(g["params"]) for g in state["optimizer"].get("param_groups", [])]
         groups = [len(g["params"]) for g in optimizer.param_groups]
         if saved_groups != groups:
-            problems.append(f"the optimizer has parameter groups of sizes {groups} here, {saved_groups} there")
+            problems.append(
+                f"the optimizer has parameter groups of sizes {groups} here, {saved_groups} there"
+            )
     if problems:
         raise ValueError(
-            f"checkpoint {str(path)!r} was written by another run: " + "; ".join(problems[:6])
+            f"checkpoint {str(path)!r} was written by another run: "
+            + "; ".join(problems[:6])
             + ". Nothing was loaded and no file was changed; use a new checkpoint path or the same configs."
         )
     model.load_state_dict(state["model"])
@@ -546,16 +626,22 @@ def _check_batch(batch, where: str) -> tuple:
             "which train passes on as loss_fn(model, *batch)"
         )
     if not isinstance(batch, (tuple, list)):
-        raise TypeError(f"{where} is a {type(batch).__name__}; a batch must be a tuple of tensors, e.g. (ids,) or (inputs, labels)")
+        raise TypeError(
+            f"{where} is a {type(batch).__name__}; a batch must be a tuple of tensors, e.g. (ids,) or (inputs, labels)"
+        )
     for t in batch:
         if isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == 0:
-            raise ValueError(f"{where} is empty: it holds a tensor of shape {tuple(t.shape)}; every batch needs at least one example")
+            raise ValueError(
+                f"{where} is empty: it holds a tensor of shape {tuple(t.shape)}; every batch needs at least one example"
+            )
     return tuple(batch)
 
 
 def _check_loss(loss, *, need_grad: bool = True) -> Tensor:
     if not isinstance(loss, Tensor):
-        raise TypeError(f"loss_fn returned a {type(loss).__name__}; it must return a scalar torch.Tensor (one number)")
+        raise TypeError(
+            f"loss_fn returned a {type(loss).__name__}; it must return a scalar torch.Tensor (one number)"
+        )
     if loss.numel() != 1:
         raise ValueError(
             f"loss_fn returned a tensor of shape {tuple(loss.shape)}; it must return a scalar (one number), "
@@ -620,23 +706,35 @@ def train(
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(f"model ({type(model).__name__}) has no trainable parameters")
     if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be a function loss_fn(model, *batch) -> scalar tensor, got {type(loss_fn).__name__}")
+        raise TypeError(
+            f"loss_fn must be a function loss_fn(model, *batch) -> scalar tensor, got {type(loss_fn).__name__}"
+        )
     _check_count("eval_every", eval_every)
     _check_count("save_every", save_every)
     if evaluate is not None and not callable(evaluate):
-        raise TypeError(f"evaluate must be a function evaluate(model) -> number, got {type(evaluate).__name__}")
+        raise TypeError(
+            f"evaluate must be a function evaluate(model) -> number, got {type(evaluate).__name__}"
+        )
     if (evaluate is None) != (eval_every == 0):
-        raise ValueError(f"evaluate and eval_every go together: got evaluate={'a function' if evaluate else None} and "
-                         f"eval_every={eval_every}; give both (evaluate every eval_every steps) or neither")
+        raise ValueError(
+            f"evaluate and eval_every go together: got evaluate={'a function' if evaluate else None} and "
+            f"eval_every={eval_every}; give both (evaluate every eval_every steps) or neither"
+        )
     if save_every and checkpoint is None:
-        raise ValueError(f"save_every={save_every} but no checkpoint path was given; pass checkpoint='run.pt'")
+        raise ValueError(
+            f"save_every={save_every} but no checkpoint path was given; pass checkpoint='run.pt'"
+        )
     if checkpoint is not None and Path(checkpoint).is_dir():
-        raise IsADirectoryError(f"checkpoint {str(checkpoint)!r} is a directory; give a file path such as "
-                                f"{str(Path(checkpoint) / 'run.pt')!r}")
+        raise IsADirectoryError(
+            f"checkpoint {str(checkpoint)!r} is a directory; give a file path such as "
+            f"{str(Path(checkpoint) / 'run.pt')!r}"
+        )
     bad = _nonfinite_parameter(model)
     if bad is not None:
-        raise ValueError(f"the model's weights are not finite before training ({bad} holds NaN or inf); "
-                         "build the model again or load a good checkpoint")
+        raise ValueError(
+            f"the model's weights are not finite before training ({bad} holds NaN or inf); "
+            "build the model again or load a good checkpoint"
+        )
     rank, world = init_distributed()
     if device is None and world > 1 and torch.cuda.is_available():
         device = torch.device("cuda", torch.cuda.current_device())
@@ -646,7 +744,9 @@ def train(
         model.parameters(), lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay
     )
     if checkpoint is not None and not callable(batches):
-        raise ValueError("checkpoints need batches as a function step -> batch, so a resumed run sees the same data")
+        raise ValueError(
+            "checkpoints need batches as a function step -> batch, so a resumed run sees the same data"
+        )
     start, history = 0, History()
     if checkpoint is not None and Path(checkpoint).exists():
         start, history = load_checkpoint(checkpoint, model, optimizer, config)
@@ -656,22 +756,38 @@ def train(
         try:
             iterator = iter(batches)
         except TypeError:
-            raise TypeError(f"batches must be a function step -> batch or an iterable of batches, "
-                            f"got {type(batches).__name__}") from None
+            raise TypeError(
+                f"batches must be a function step -> batch or an iterable of batches, "
+                f"got {type(batches).__name__}"
+            ) from None
 
         def get_batch(step: int):
             return next(iterator)
+
     reference = history.losses[0] if history.losses else None  # the run's first loss, for max_loss_ratio
     parameters = [p for p in model.parameters() if p.requires_grad]
     runner = model
     if world > 1:
-        runner = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        runner = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     runner.train()
-    bar = tqdm(range(start, config.steps), disable=not config.progress or rank != 0, leave=False,
-               initial=start, total=config.steps)
+    bar = tqdm(
+        range(start, config.steps),
+        disable=not config.progress or rank != 0,
+        leave=False,
+        initial=start,
+        total=config.steps,
+    )
     for step in bar:
-        lr = lr_at(step, max_lr=config.lr, warmup_steps=config.warmup_steps, total_steps=config.steps,
-                   min_lr=config.min_lr, schedule=config.schedule)
+        lr = lr_at(
+            step,
+            max_lr=config.lr,
+            warmup_steps=config.warmup_steps,
+            total_steps=config.steps,
+            min_lr=config.min_lr,
+            schedule=config.schedule,
+        )
         for group in optimizer.param_groups:
             group["lr"] = lr
         try:
@@ -694,7 +810,9 @@ def train(
             )
         if reference is None:
             reference = value
-        elif config.max_loss_ratio is not None and reference > 0 and value > config.max_loss_ratio * reference:
+        elif (
+            config.max_loss_ratio is not None and reference > 0 and value > config.max_loss_ratio * reference
+        ):
             raise FloatingPointError(
                 f"the loss became {value:.4g} at step {step}, {value / reference:.3g} times the first loss "
                 f"({reference:.4g}), past TrainConfig.max_loss_ratio={config.max_loss_ratio:g}: training has diverged; "
@@ -706,7 +824,8 @@ def train(
         if not torch.isfinite(norm):
             raise FloatingPointError(
                 f"the gradients became {norm.item()} (their norm) at step {step}, with a finite loss of {value:.4g}; "
-                f"the weights were not updated. Lower lr (now {lr:.3g}), add warm-up, or look for an overflow in loss_fn"
+                f"the weights were not updated. Lower lr (now {lr:.3g}), add warm-up, "
+                "or look for an overflow in loss_fn"
             )
         optimizer.step()
         if step % config.log_every == 0 or step == config.steps - 1:
@@ -725,8 +844,10 @@ def train(
         if last or (checkpoint is not None and save_every and (step + 1) % save_every == 0):
             bad = _nonfinite_parameter(model)
             if bad is not None:
-                raise FloatingPointError(f"the weights became non-finite at step {step} ({bad} holds NaN or inf); "
-                                         f"lower lr (now {lr:.3g}) or add warm-up. Nothing was saved")
+                raise FloatingPointError(
+                    f"the weights became non-finite at step {step} ({bad} holds NaN or inf); "
+                    f"lower lr (now {lr:.3g}) or add warm-up. Nothing was saved"
+                )
         if checkpoint is not None and ((save_every and (step + 1) % save_every == 0) or last):
             if rank == 0:
                 save_checkpoint(checkpoint, model, optimizer, step=step + 1, history=history, config=config)

@@ -6,28 +6,53 @@ has had from the start, so `benchmarks/bad_input_table.py` can run the same tabl
 After the table, the behaviours that are not a single call: decoding with a model shared by threads, a
 half-consumed stream, checkpoint writes that fail, padding whose meaning never depends on the sizes.
 """
+
 from __future__ import annotations
 
 import math
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 
-from companion import (MultiHeadAttention, TransformerConfig, build_model, causal_mask, generate, padding_mask, presets,
-                       scaled_dot_product_attention, sliding_window_mask)
-from companion.data import (ByteTokenizer, CharTokenizer, copy_task, encode_corpus, random_windows, recall_task,
-                            scrambled_task, train_val_split)
+from companion import (
+    MultiHeadAttention,
+    TransformerConfig,
+    build_model,
+    causal_mask,
+    generate,
+    padding_mask,
+    presets,
+    scaled_dot_product_attention,
+    sliding_window_mask,
+)
+from companion.data import (
+    ByteTokenizer,
+    CharTokenizer,
+    copy_task,
+    encode_corpus,
+    random_windows,
+    recall_task,
+    scrambled_task,
+    train_val_split,
+)
 from companion.decoding import KVCache, filter_top_k, filter_top_p, new_caches, next_token, stream
 from companion.device import seed_everything
 from companion.layers import FeedForward, LayerNorm, RMSNorm
-from companion.training import (TrainConfig, evaluate_loss, load_checkpoint, next_token_objective, save_checkpoint,
-                                smoothed_cross_entropy, train)
+from companion.training import (
+    TrainConfig,
+    evaluate_loss,
+    load_checkpoint,
+    next_token_objective,
+    save_checkpoint,
+    smoothed_cross_entropy,
+    train,
+)
 from helpers import random_ids
 
 LIMIT_S = 60  # no test here may run longer: a loop that never ends fails instead of stalling the suite
@@ -97,8 +122,11 @@ def nan_decoder():
 
 def qkv(batch: int = 2, heads: int = 2, q_len: int = 5, k_len: int = 7, d_head: int = 4):
     g = torch.Generator().manual_seed(0)
-    return (torch.randn(batch, heads, q_len, d_head, generator=g), torch.randn(batch, heads, k_len, d_head, generator=g),
-            torch.randn(batch, heads, k_len, d_head, generator=g))
+    return (
+        torch.randn(batch, heads, q_len, d_head, generator=g),
+        torch.randn(batch, heads, k_len, d_head, generator=g),
+        torch.randn(batch, heads, k_len, d_head, generator=g),
+    )
 
 
 def quick(**changes) -> TrainConfig:
@@ -115,7 +143,9 @@ def fresh_decoder():
 
 
 def run_train(loss_fn=next_token_objective, batches=data, config=None, model=None, **kwargs):
-    return train(model if model is not None else fresh_decoder(), batches, loss_fn, config or quick(), **kwargs)
+    return train(
+        model if model is not None else fresh_decoder(), batches, loss_fn, config or quick(), **kwargs
+    )
 
 
 def good_checkpoint(tmp: Path) -> Path:
@@ -139,7 +169,7 @@ def truncated(path: Path, good: Path) -> None:
 def corrupt(path: Path, good: Path) -> None:
     raw = bytearray(good.read_bytes())
     middle = len(raw) // 2
-    raw[middle:middle + 4096] = bytes(4096)
+    raw[middle : middle + 4096] = bytes(4096)
     raw[:64] = bytes(range(64))
     path.write_bytes(bytes(raw))
 
@@ -156,6 +186,7 @@ def blowing_up_at_step(bad_step: int):
         calls.append(None)
         loss = next_token_objective(model, batch)
         return loss * 1e12 if len(calls) > bad_step else loss
+
     return loss_fn
 
 
@@ -205,6 +236,8 @@ def config_case(name, changes, *says, error=ValueError):
     return Case("config", name, lambda tmp: TransformerConfig(**changes), error, says)
 
 
+# One bad input per line: a table, not code for the formatter to wrap.
+# fmt: off
 CASES = [
     # TransformerConfig: every field checked where the config is made
     config_case("vocab_size is a bool", dict(vocab_size=True), "vocab_size=True", "whole number >= 1"),
@@ -530,6 +563,7 @@ CASES = [
          ValueError, ("loss_fn returned a tensor of shape (4,)", "scalar")),
     Case("training", "seed_everything(-1)", lambda tmp: seed_everything(-1), ValueError, ("seed=-1", "whole number >= 0")),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.group}: {c.name}" for c in CASES])
@@ -581,7 +615,7 @@ def test_threads_sharing_a_training_model_decode_as_in_eval_mode_and_leave_it_tr
             start.wait()
             for i in range(thread, len(prompts), 8):
                 results[i] = generate(model, prompts[i], 12)
-        except BaseException as error:  # reported below, not lost in the thread
+        except BaseException as error:  # noqa: BLE001  reported below, not lost in the thread
             errors.append(error)
 
     threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
@@ -658,7 +692,7 @@ def test_padding_means_the_same_when_batch_equals_sequence_length():
     with torch.no_grad():
         together = model(batch, padding=padding)
         for row, n in enumerate(lengths):
-            alone = model(batch[row:row + 1, :n])
+            alone = model(batch[row : row + 1, :n])
             torch.testing.assert_close(together[row, :n], alone[0], atol=1e-5, rtol=1e-4)
         # the default padding (from config.pad_id) is the same thing
         torch.testing.assert_close(model(batch), together)
@@ -671,7 +705,9 @@ def test_a_2d_mask_is_always_q_pos_by_k_pos():
     with torch.no_grad():
         together = model(square, mask=window)
         for row in range(6):
-            torch.testing.assert_close(together[row], model(square[row:row + 1], mask=window)[0], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                together[row], model(square[row : row + 1], mask=window)[0], atol=1e-5, rtol=1e-4
+            )
 
 
 # ---------------------------------------------------------------- checkpoints: written safely
@@ -703,11 +739,19 @@ def test_saves_use_their_own_temporary_file_and_reach_the_disk(tmp_path, monkeyp
     optimizer = torch.optim.AdamW(model.parameters())
     temporaries, synced = [], []
     real_replace, real_fsync = __import__("os").replace, __import__("os").fsync
-    monkeypatch.setattr("os.replace", lambda src, dst: (temporaries.append(Path(src)), real_replace(src, dst))[1])
+    monkeypatch.setattr(
+        "os.replace", lambda src, dst: (temporaries.append(Path(src)), real_replace(src, dst))[1]
+    )
     monkeypatch.setattr("os.fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
     for _ in range(2):
-        save_checkpoint(tmp_path / "run.pt", model, optimizer, step=0,
-                        history=run_train(model=fresh_decoder(), config=quick(steps=1)), config=quick())
+        save_checkpoint(
+            tmp_path / "run.pt",
+            model,
+            optimizer,
+            step=0,
+            history=run_train(model=fresh_decoder(), config=quick(steps=1)),
+            config=quick(),
+        )
     assert len(temporaries) == 2 and temporaries[0] != temporaries[1]
     assert all(t.parent == tmp_path and t.name != "run.pt.tmp" for t in temporaries)
     assert len(synced) >= 2
@@ -725,6 +769,6 @@ def test_infinite_gradients_leave_the_weights_untouched():
 
 def test_a_negative_grad_clip_can_no_longer_reach_the_optimizer():
     config = TrainConfig(progress=False)
+    config.grad_clip = -1.0  # set after the config was checked: train() checks it again
     with pytest.raises(ValueError, match="grad_clip"):
-        config.grad_clip = -1.0
         train(fresh_decoder(), data, next_token_objective, config)

@@ -1,4 +1,5 @@
 """Byte-level BPE: round trips, special tokens, merges against brute force, a full recount and `tokenizers`."""
+
 import json
 import random
 import re
@@ -24,11 +25,14 @@ def tok(corpus) -> BPETokenizer:
 
 # ---- a slow reference: recount every pair before every merge ----------------------------------
 
+
 def reference_merges(text: str, num_merges: int, special_tokens=(), order=lambda token: token) -> list:
     """The textbook loop, written independently of companion.bpe's counting: full recount per merge.
     Ties go to the pair whose ids come first under `order`."""
     if special_tokens:
-        text = "".join(re.split("|".join(map(re.escape, special_tokens)), text))  # drop them (no merge across)
+        text = "".join(
+            re.split("|".join(map(re.escape, special_tokens)), text)
+        )  # drop them (no merge across)
     words = Counter(tuple(p.encode("utf-8")) for p in pre_tokenize(text))
     merges = []
     for k in range(num_merges):
@@ -44,7 +48,7 @@ def reference_merges(text: str, num_merges: int, special_tokens=(), order=lambda
         for word, n in words.items():
             out, i = [], 0
             while i < len(word):
-                if word[i:i + 2] == best:
+                if word[i : i + 2] == best:
                     out.append(256 + k)
                     i += 2
                 else:
@@ -61,10 +65,21 @@ def as_bytes(vocab: dict, pairs) -> list:
 
 # ---- round trips ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text", [
-    "", " ", "\n\n  \t", "Hello, world!", "  leading and trailing  ", "it's they'll we've I'd",
-    "snake_case_name = 12345 + 6.7e-8", "naïve café – ½ ∑ 日本語のテキスト 🙂👍🏽", "\x00\x01\x7f",
-])
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " ",
+        "\n\n  \t",
+        "Hello, world!",
+        "  leading and trailing  ",
+        "it's they'll we've I'd",
+        "snake_case_name = 12345 + 6.7e-8",
+        "naïve café – ½ ∑ 日本語のテキスト 🙂👍🏽",
+        "\x00\x01\x7f",
+    ],
+)
 def test_text_round_trips(tok, text):
     assert tok.decode(tok.encode(text)) == text
 
@@ -79,7 +94,15 @@ def test_random_unicode_round_trips(tok):
 
 def test_any_bytes_round_trip_including_invalid_utf8(tok):
     rng = random.Random(1)
-    samples = [b"", b"\xff", b"\xc3", b"abc\xe2\x82", b"\xed\xa0\x80", b"\x80\x80 the the", EOT.encode() + b"\xfe"]
+    samples = [
+        b"",
+        b"\xff",
+        b"\xc3",
+        b"abc\xe2\x82",
+        b"\xed\xa0\x80",
+        b"\x80\x80 the the",
+        EOT.encode() + b"\xfe",
+    ]
     samples += [bytes(rng.randrange(256) for _ in range(rng.randrange(0, 80))) for _ in range(300)]
     for data in samples:
         ids = tok.encode_bytes(data)
@@ -114,6 +137,7 @@ def test_training_stops_when_every_piece_is_one_token():
 
 # ---- special tokens -------------------------------------------------------------------------
 
+
 def test_special_tokens_are_one_id_after_the_merges(tok):
     assert tok.special_ids == {EOT: 256 + 300, "<pad>": 256 + 301}
     assert tok.vocab_size == 256 + 300 + 2 and len(tok.merges) == 300
@@ -140,6 +164,7 @@ def test_longer_special_token_wins_over_its_prefix():
 
 # ---- merges ---------------------------------------------------------------------------------
 
+
 def test_training_is_deterministic(corpus):
     first = BPETokenizer.train(corpus, vocab_size=400)
     second = BPETokenizer.train(corpus, vocab_size=400)
@@ -150,7 +175,7 @@ def test_first_merges_are_the_most_frequent_pairs():
     text = "low lower lowest newer wider new newest slow slower " * 3 + "widest low"
     # Brute force on strings: every adjacent pair of every word, counted by hand.
     words = re.findall(r" ?[a-z]+", text)
-    counts = Counter(w[i:i + 2] for w in words for i in range(len(w) - 1))
+    counts = Counter(w[i : i + 2] for w in words for i in range(len(w) - 1))
     top = max(counts.values())
     expected_first = min(pair for pair, n in counts.items() if n == top)  # ties: smaller bytes first
     trained = BPETokenizer.train(text, vocab_size=256 + 3)
@@ -160,8 +185,10 @@ def test_first_merges_are_the_most_frequent_pairs():
     merged = [w.replace(expected_first, "\0") for w in words]
     counts2 = Counter((w[i], w[i + 1]) for w in merged for i in range(len(w) - 1))
     top2 = max(counts2.values())
-    best2 = min((pair for pair, n in counts2.items() if n == top2),
-                key=lambda p: tuple(256 if c == "\0" else ord(c) for c in p))
+    best2 = min(
+        (pair for pair, n in counts2.items() if n == top2),
+        key=lambda p: tuple(256 if c == "\0" else ord(c) for c in p),
+    )
     as_text = "".join(expected_first if c == "\0" else c for c in best2)
     assert trained.vocab[257] == as_text.encode()
 
@@ -193,9 +220,14 @@ def test_encode_gives_back_the_training_pieces_as_single_tokens(corpus):
 
 # ---- against Hugging Face tokenizers -------------------------------------------------------
 
+
 def gpt2_byte_chars() -> dict:
     """GPT-2's byte -> printable character table, which byte-level `tokenizers` uses."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     table, extra = {}, 0
     for byte in range(256):
         if byte in printable:
@@ -209,11 +241,16 @@ def gpt2_byte_chars() -> dict:
 def hf_train(text: str, vocab_size: int, special_tokens=()):
     tokenizers = pytest.importorskip("tokenizers")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
     hf = Tokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     hf.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens), show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(special_tokens),
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     hf.train_from_iterator([text], trainer)
     assert tokenizers.__version__
     return hf
@@ -240,7 +277,7 @@ def test_same_merges_as_tokenizers_up_to_the_first_tie(corpus, hf_and_ours):
     mine = as_bytes(ours.vocab, ours.merges)
     assert len(theirs) == len(mine) == 250
     same = next((k for k, (x, y) in enumerate(zip(theirs, mine)) if x != y), len(mine))
-    assert same >= 10, (theirs[:same + 1], mine[:same + 1])
+    assert same >= 10, (theirs[: same + 1], mine[: same + 1])
     if same < len(mine):
         # Where they part, both picked a pair of the same, highest count: a tie, broken differently.
         words = Counter(tuple(bytes([b]) for b in piece.encode()) for piece in pre_tokenize(corpus))
@@ -297,22 +334,50 @@ def test_encode_matches_tokenizers_given_its_merges(corpus, hf_and_ours):
 
 # ---- errors a learner can act on ------------------------------------------------------------
 
-@pytest.mark.parametrize("call, error, message", [
-    (lambda: BPETokenizer.train(b"bytes", 300), TypeError, r"text must be a str, got bytes"),
-    (lambda: BPETokenizer.train("abc", 255), ValueError, r"vocab_size=255 must be a whole number >= 256"),
-    (lambda: BPETokenizer.train("abc", 257, ("<a>", "<b>")), ValueError, r"vocab_size=257 .* >= 258.*2 special"),
-    (lambda: BPETokenizer.train("abc", 300.0), ValueError, r"vocab_size=300.0 must be a whole number"),
-    (lambda: BPETokenizer.train("abc", 300, EOT), TypeError, r"special_tokens='<\|endoftext\|>' must be a sequence"),
-    (lambda: BPETokenizer.train("abc", 300, ("<a>", "<a>")), ValueError, r"lists \['<a>'\] more than once"),
-    (lambda: BPETokenizer.train("abc", 300, ("",)), ValueError, r"special_tokens holds ''; .* non-empty str"),
-    (lambda: BPETokenizer({(97, 98): 300}), ValueError, r"merge number 0 is \(97, 98\) -> 300; .* 256, 257"),
-    (lambda: BPETokenizer({(97, 256): 256}), ValueError, r"merge number 0 is \(97, 256\) -> 256"),
-    (lambda: BPETokenizer({}).decode([0, 256]), ValueError, r"token id 256; .* \[0, 255\]"),
-    (lambda: BPETokenizer({}).decode([-1]), ValueError, r"token id -1"),
-    (lambda: BPETokenizer({}).decode("hello"), TypeError, r"takes token ids, got a str"),
-    (lambda: BPETokenizer({}).encode(b"hi"), TypeError, r"text must be a str, got bytes; for raw bytes use encode_bytes"),
-    (lambda: BPETokenizer({}).encode_bytes("hi"), TypeError, r"data must be bytes, got str"),
-])
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: BPETokenizer.train(b"bytes", 300), TypeError, r"text must be a str, got bytes"),
+        (lambda: BPETokenizer.train("abc", 255), ValueError, r"vocab_size=255 must be a whole number >= 256"),
+        (
+            lambda: BPETokenizer.train("abc", 257, ("<a>", "<b>")),
+            ValueError,
+            r"vocab_size=257 .* >= 258.*2 special",
+        ),
+        (lambda: BPETokenizer.train("abc", 300.0), ValueError, r"vocab_size=300.0 must be a whole number"),
+        (
+            lambda: BPETokenizer.train("abc", 300, EOT),
+            TypeError,
+            r"special_tokens='<\|endoftext\|>' must be a sequence",
+        ),
+        (
+            lambda: BPETokenizer.train("abc", 300, ("<a>", "<a>")),
+            ValueError,
+            r"lists \['<a>'\] more than once",
+        ),
+        (
+            lambda: BPETokenizer.train("abc", 300, ("",)),
+            ValueError,
+            r"special_tokens holds ''; .* non-empty str",
+        ),
+        (
+            lambda: BPETokenizer({(97, 98): 300}),
+            ValueError,
+            r"merge number 0 is \(97, 98\) -> 300; .* 256, 257",
+        ),
+        (lambda: BPETokenizer({(97, 256): 256}), ValueError, r"merge number 0 is \(97, 256\) -> 256"),
+        (lambda: BPETokenizer({}).decode([0, 256]), ValueError, r"token id 256; .* \[0, 255\]"),
+        (lambda: BPETokenizer({}).decode([-1]), ValueError, r"token id -1"),
+        (lambda: BPETokenizer({}).decode("hello"), TypeError, r"takes token ids, got a str"),
+        (
+            lambda: BPETokenizer({}).encode(b"hi"),
+            TypeError,
+            r"text must be a str, got bytes; for raw bytes use encode_bytes",
+        ),
+        (lambda: BPETokenizer({}).encode_bytes("hi"), TypeError, r"data must be bytes, got str"),
+    ],
+)
 def test_bad_input_raises_a_clear_error(call, error, message):
     with pytest.raises(error, match=message):
         call()

@@ -5,6 +5,7 @@ Graphs are captured by dynamo and run by the "eager" or "aot_eager" backends, so
 dynamo sees (graph breaks, recompiles) and the backward AOTAutograd builds, without spending minutes in
 inductor's C++ compiler; benchmarks/bench_compile.py times inductor itself.
 """
+
 import pytest
 import torch
 import torch._dynamo
@@ -41,11 +42,14 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("kind, changes", [
-    ("decoder", {}),
-    ("decoder", {"positional": "rope", "attention_path": "einops"}),
-    ("encoder", {"pad_id": 0, "task_head": "mlm", "segment_vocab_size": 2}),
-])
+@pytest.mark.parametrize(
+    "kind, changes",
+    [
+        ("decoder", {}),
+        ("decoder", {"positional": "rope", "attention_path": "einops"}),
+        ("encoder", {"pad_id": 0, "task_head": "mlm", "segment_vocab_size": 2}),
+    ],
+)
 def test_forward_has_no_graph_breaks(kind, changes):
     model = small(kind, **changes)
     x = ids((2, 11))
@@ -114,8 +118,10 @@ def test_eager_model_still_refuses_bad_ids_with_a_clear_error():
     model = small()
     with pytest.raises(ValueError, match=r"token ids in \[0, 40\] but the vocabulary is \[0, 36\]"):
         model(torch.tensor([[0, 40]]))
-    with values_trusted():
-        with pytest.raises(IndexError):  # unchecked, the embedding lookup fails on its own terms
-            model(torch.tensor([[0, 40]]))
+    with (
+        values_trusted(),
+        pytest.raises(IndexError),
+    ):  # unchecked, the embedding lookup fails on its own terms
+        model(torch.tensor([[0, 40]]))
     with pytest.raises(ValueError, match="vocabulary"):  # and the check is back after the block
         model(torch.tensor([[0, 40]]))

@@ -1,4 +1,5 @@
 """The exercise generator: exercises/ is in sync with solutions/, and stubs are made as documented."""
+
 import subprocess
 import sys
 
@@ -10,8 +11,9 @@ from helpers import ROOT
 
 
 def test_exercises_are_in_sync_with_solutions():
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "make_exercises.py"), "--check"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "make_exercises.py"), "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, f"exercises/ is out of date; run `make exercises`:\n{result.stderr}"
 
 
@@ -31,10 +33,17 @@ def _notebook(*cells):
 
 
 def test_solution_block_becomes_a_stub_and_hints_stay():
-    cell = nbformat.v4.new_code_cell("def f(x):\n    # Hint: double it.\n    # BEGIN SOLUTION\n    y = 2 * x\n    return y\n    # END SOLUTION\n")
+    cell = nbformat.v4.new_code_cell(
+        "def f(x):\n    # Hint: double it.\n    # BEGIN SOLUTION\n    y = 2 * x\n    return y\n    # END SOLUTION\n"
+    )
     cell.outputs = [nbformat.v4.new_output("stream", text="old output")]
-    out = make_exercises.make_exercise(_notebook(cell, nbformat.v4.new_code_cell("check_f(f)")), "nb").cells[1]
-    assert out.source == f'def f(x):\n    # Hint: double it.\n    raise NotImplementedError("{make_exercises.STUB_MESSAGE}")'
+    out = make_exercises.make_exercise(_notebook(cell, nbformat.v4.new_code_cell("check_f(f)")), "nb").cells[
+        1
+    ]
+    assert (
+        out.source
+        == f'def f(x):\n    # Hint: double it.\n    raise NotImplementedError("{make_exercises.STUB_MESSAGE}")'
+    )
     assert out.outputs == [] and "raises-exception" not in out.metadata.get("tags", [])
 
 
@@ -74,7 +83,9 @@ def _exercise_cells(name="double", checker="check_double"):
     return [
         nbformat.v4.new_markdown_cell("# Exercises 9: Doubling\n\nIntro."),
         nbformat.v4.new_markdown_cell("## Exercise 1: twice the input"),
-        nbformat.v4.new_code_cell(f"def {name}(x):\n    # BEGIN SOLUTION\n    return 2 * x\n    # END SOLUTION"),
+        nbformat.v4.new_code_cell(
+            f"def {name}(x):\n    # BEGIN SOLUTION\n    return 2 * x\n    # END SOLUTION"
+        ),
         nbformat.v4.new_code_cell(f"{checker}({name})"),
         nbformat.v4.new_markdown_cell("## Question: why twice?"),
         nbformat.v4.new_markdown_cell("Because.", metadata={"tags": ["answer"]}),
@@ -111,6 +122,10 @@ def test_every_exercise_notebook_opens_with_its_table():
         solution = nbformat.read(path, as_version=4)
         exercise = nbformat.read(ROOT / "exercises" / path.name, as_version=4)
         header = exercise.cells[1].source
-        checks = {c for cell in solution.cells if cell.cell_type == "code"
-                  for c in make_exercises.CHECK_CALL.findall(cell.source)}
+        checks = {
+            c
+            for cell in solution.cells
+            if cell.cell_type == "code"
+            for c in make_exercises.CHECK_CALL.findall(cell.source)
+        }
         assert checks and all(f"`{checker}({name})`" in header for checker, name in checks), path.name

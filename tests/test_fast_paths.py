@@ -5,11 +5,12 @@
 - bf16 autocast (what a GPU runs) through the forward pass, a training step and `generate`, and the
   bf16 key/value cache, all on the CPU: close to fp32, and greedy tokens equal.
 """
+
 import pytest
 import torch
 from torch import nn
 
-from companion import TransformerConfig, generate, new_caches, presets
+from companion import TransformerConfig, generate, new_caches
 from companion.attention import MultiHeadAttention
 from companion.device import autocast, compute_dtype
 from companion.layers import LayerNorm, layer_norm
@@ -18,8 +19,9 @@ from helpers import random_ids, small_model
 
 
 def model_of(seed=0, **changes):
-    return small_model("decoder", seed, vocab_size=61, context_length=80, d_model=64, heads=4, layers=2,
-                       **changes)
+    return small_model(
+        "decoder", seed, vocab_size=61, context_length=80, d_model=64, heads=4, layers=2, **changes
+    )
 
 
 def ids(shape, seed=0, vocab=61):
@@ -61,7 +63,9 @@ def test_attention_path_is_a_config_choice_passed_to_every_layer():
     fused, readable = model_of(), model_of(attention_path="einops")
     readable.load_state_dict(fused.state_dict())
     paths = {m.fused for m in readable.modules() if isinstance(m, MultiHeadAttention)}
-    assert paths == {False} and {m.fused for m in fused.modules() if isinstance(m, MultiHeadAttention)} == {True}
+    assert paths == {False} and {m.fused for m in fused.modules() if isinstance(m, MultiHeadAttention)} == {
+        True
+    }
     x = ids((2, 30))
     torch.testing.assert_close(fused(x), readable(x), rtol=1e-4, atol=1e-5)
     assert torch.equal(generate(fused, x[:, :3], 20), generate(readable, x[:, :3], 20))
@@ -123,7 +127,9 @@ def _train_bf16(model, data):
     original = training.autocast
     training.autocast = lambda device: autocast(device, torch.bfloat16)
     try:
-        return train(model, lambda step: (data,), next_token_objective, TrainConfig(steps=30, lr=3e-3, progress=False))
+        return train(
+            model, lambda step: (data,), next_token_objective, TrainConfig(steps=30, lr=3e-3, progress=False)
+        )
     finally:
         training.autocast = original
 
@@ -157,7 +163,9 @@ def test_bf16_cache_with_fp32_compute_is_close_to_the_fp32_cache():
         for dtype in (torch.float32, torch.bfloat16):
             caches = new_caches(model.config, 2, 20, dtype=dtype)
             model(x[:, :12], caches=caches)
-            logits[dtype] = torch.cat([model(x[:, i:i + 1], caches=caches, start_pos=i) for i in range(12, 20)], 1)
+            logits[dtype] = torch.cat(
+                [model(x[:, i : i + 1], caches=caches, start_pos=i) for i in range(12, 20)], 1
+            )
             assert caches[0].keys.dtype == dtype
         full = model(x)[:, 12:]
     torch.testing.assert_close(logits[torch.float32], full, rtol=1e-4, atol=1e-4)
@@ -173,7 +181,9 @@ def test_autocast_refuses_an_unknown_dtype_and_turns_off_for_fp32():
         assert not torch.is_autocast_enabled("cpu")
 
 
-def agree_but_for_near_ties(low: torch.Tensor, reference: torch.Tensor, model, start: int, gap: float = 0.05) -> bool:
+def agree_but_for_near_ties(
+    low: torch.Tensor, reference: torch.Tensor, model, start: int, gap: float = 0.05
+) -> bool:
     """Greedy tokens equal the fp32 reference, or first differ where fp32's two best logits are within
     `gap`: a near-tie that bf16's rounding cannot resolve, not a wrong code path."""
     differ = (low[:, start:] != reference[:, start:]).nonzero()
@@ -181,7 +191,7 @@ def agree_but_for_near_ties(low: torch.Tensor, reference: torch.Tensor, model, s
         return True
     row, step = (int(i) for i in differ[0])
     with torch.no_grad():
-        logits = model.cpu().float()(reference[row:row + 1, :start + step])[0, -1]
+        logits = model.cpu().float()(reference[row : row + 1, : start + step])[0, -1]
     top2 = logits.topk(2).values
     return (top2[0] - top2[1]).item() < gap
 

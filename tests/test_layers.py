@@ -1,10 +1,17 @@
 """Layers: own LayerNorm and RMSNorm equal torch's; residual wiring for pre- and post-norm; the gradient
 tools of chapter 4; checkers catch the typical mistakes."""
+
 import pytest
 import torch
 
 from companion.layers import (
-    FeedForward, LayerNorm, Residual, RMSNorm, parameter_gradient_norms, residual_stack, stream_gradients,
+    FeedForward,
+    LayerNorm,
+    Residual,
+    RMSNorm,
+    parameter_gradient_norms,
+    residual_stack,
+    stream_gradients,
 )
 
 
@@ -112,4 +119,3 @@ def test_layernorm_is_per_token_and_the_same_in_train_and_eval():
 def test_bad_input_gets_a_clear_error(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
-

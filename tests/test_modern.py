@@ -1,5 +1,6 @@
 """The modern-decoder options (chapter 8): RMSNorm blocks, SwiGLU, grouped-query attention and its cache,
 QK-norm, the llama-tiny preset, and the library's own softmax, cross-entropy and gradient clipping."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,8 +10,16 @@ from companion.attention import MultiHeadAttention, repeat_kv
 from companion.config import swiglu_width
 from companion.decoding import generate, kv_cache_bytes, new_caches
 from companion.layers import LayerNorm, RMSNorm, SwiGLU
-from companion.training import (TrainConfig, clip_gradients, cross_entropy, gradient_norm, log_softmax,
-                                next_token_objective, softmax, train)
+from companion.training import (
+    TrainConfig,
+    clip_gradients,
+    cross_entropy,
+    gradient_norm,
+    log_softmax,
+    next_token_objective,
+    softmax,
+    train,
+)
 from helpers import random_ids
 
 SMALL = dict(vocab_size=23, context_length=16, d_model=24, heads=4, layers=2)
@@ -61,8 +70,10 @@ def test_norm_type_sets_every_block_norm_and_the_final_norm(norm_type, kind):
 
 
 def test_rms_norm_blocks_work_post_norm_and_in_an_encoder_decoder():
-    for config in (TransformerConfig(**SMALL, norm_type="rms", norm="post"),
-                   TransformerConfig(**SMALL, kind="encoder-decoder", norm_type="rms")):
+    for config in (
+        TransformerConfig(**SMALL, norm_type="rms", norm="post"),
+        TransformerConfig(**SMALL, kind="encoder-decoder", norm_type="rms"),
+    ):
         model = build_model(config)
         assert not any(isinstance(m, LayerNorm) for m in model.modules())
 
@@ -90,8 +101,11 @@ def test_grouped_query_attention_equals_full_attention_with_the_kv_weights_repea
             getattr(full, name).load_state_dict(getattr(gqa, name).state_dict())
         for name in ("to_k", "to_v"):
             small, big = getattr(gqa, name), getattr(full, name)
-            big.weight.copy_(small.weight.reshape(kv_heads, 1, 4, d_model).expand(kv_heads, groups, 4, d_model)
-                             .reshape(heads * 4, d_model))
+            big.weight.copy_(
+                small.weight.reshape(kv_heads, 1, 4, d_model)
+                .expand(kv_heads, groups, 4, d_model)
+                .reshape(heads * 4, d_model)
+            )
             big.bias.copy_(small.bias.reshape(kv_heads, 1, 4).expand(kv_heads, groups, 4).reshape(-1))
     x = torch.randn(2, 7, d_model)
     torch.testing.assert_close(gqa(x, causal=True), full(x, causal=True))
@@ -100,7 +114,9 @@ def test_grouped_query_attention_equals_full_attention_with_the_kv_weights_repea
 @pytest.mark.parametrize("kv_heads", [1, 2, 4])
 def test_the_cache_stores_only_kv_heads_and_cached_decoding_matches_recompute(kv_heads):
     torch.manual_seed(0)
-    config = TransformerConfig(**SMALL, kv_heads=kv_heads, positional="rope", norm_type="rms", activation="swiglu")
+    config = TransformerConfig(
+        **SMALL, kv_heads=kv_heads, positional="rope", norm_type="rms", activation="swiglu"
+    )
     model = build_model(config).eval()
     caches = new_caches(config, batch=2, capacity=16)
     assert caches[0].keys.shape == (2, kv_heads, 16, 6)
@@ -112,7 +128,9 @@ def test_the_cache_stores_only_kv_heads_and_cached_decoding_matches_recompute(kv
         first = model(ids[:, :5], caches=caches)
         rest = model(ids[:, 5:], caches=caches, start_pos=5)
     torch.testing.assert_close(torch.cat([first, rest], dim=1), full, atol=1e-5, rtol=1e-4)
-    assert torch.equal(generate(model, ids[:1, :3], 8, use_cache=True), generate(model, ids[:1, :3], 8, use_cache=False))
+    assert torch.equal(
+        generate(model, ids[:1, :3], 8, use_cache=True), generate(model, ids[:1, :3], 8, use_cache=False)
+    )
 
 
 def test_qk_norm_makes_attention_blind_to_the_scale_of_the_query_and_key_projections():
@@ -129,14 +147,20 @@ def test_qk_norm_makes_attention_blind_to_the_scale_of_the_query_and_key_project
     assert isinstance(model.decoder.blocks[0].attention.q_norm, RMSNorm)
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(kv_heads=3), r"kv_heads=3: expected a whole number that divides heads=4"),
-    (dict(kv_heads=0), r"kv_heads=0: expected a whole number >= 1 or None"),
-    (dict(norm_type="batch"), r"norm_type='batch': expected one of \('layer', 'rms'\)"),
-    (dict(norm="rms"), r"norm='rms': expected one of \('pre', 'post', 'none'\)"),
-    (dict(qk_norm=1), r"qk_norm=1: expected True or False"),
-    (dict(kind="encoder", activation="swiglu", task_head="mlm"), r"activation='swiglu': expected a plain activation such as 'gelu' with task_head='mlm'"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(kv_heads=3), r"kv_heads=3: expected a whole number that divides heads=4"),
+        (dict(kv_heads=0), r"kv_heads=0: expected a whole number >= 1 or None"),
+        (dict(norm_type="batch"), r"norm_type='batch': expected one of \('layer', 'rms'\)"),
+        (dict(norm="rms"), r"norm='rms': expected one of \('pre', 'post', 'none'\)"),
+        (dict(qk_norm=1), r"qk_norm=1: expected True or False"),
+        (
+            dict(kind="encoder", activation="swiglu", task_head="mlm"),
+            r"activation='swiglu': expected a plain activation such as 'gelu' with task_head='mlm'",
+        ),
+    ],
+)
 def test_config_refuses_bad_modern_choices_by_name(changes, message):
     with pytest.raises(ValueError, match=message):
         TransformerConfig(**{**SMALL, **changes})
@@ -153,8 +177,12 @@ def test_attention_refuses_kv_heads_that_do_not_divide_heads():
 def test_llama_tiny_parameter_count_is_the_formula():
     c = presets["llama-tiny"]
     d, d_kv, d_ff = c.d_model, c.n_kv_heads * c.d_head, c.d_ff
-    per_layer = (d * d + 2 * d * d_kv + d * d) + 3 * d * d_ff + 2 * d  # q, k, v, out; w1, w3, w2; two RMSNorms
-    expected = c.vocab_size * d + c.layers * per_layer + d + c.vocab_size * d  # embedding, blocks, final norm, head
+    per_layer = (
+        (d * d + 2 * d * d_kv + d * d) + 3 * d * d_ff + 2 * d
+    )  # q, k, v, out; w1, w3, w2; two RMSNorms
+    expected = (
+        c.vocab_size * d + c.layers * per_layer + d + c.vocab_size * d
+    )  # embedding, blocks, final norm, head
     assert (d_kv, d_ff) == (64, 384)
     assert count_parameters(build_model(c)) == expected == 853_120
 
@@ -181,7 +209,9 @@ def test_cross_entropy_matches_torch_with_ignored_targets_and_any_leading_shape(
     targets[0, :2] = -100
     expected = F.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1), ignore_index=-100)
     torch.testing.assert_close(cross_entropy(logits, targets), expected)
-    torch.testing.assert_close(cross_entropy(logits[0, 3], targets[0, 3]), F.cross_entropy(logits[0, 3], targets[0, 3]))
+    torch.testing.assert_close(
+        cross_entropy(logits[0, 3], targets[0, 3]), F.cross_entropy(logits[0, 3], targets[0, 3])
+    )
     assert cross_entropy(torch.tensor([[1e4, 0.0]]), torch.tensor([1])).item() == 1e4  # finite, exact
     logits.requires_grad_(True)
     cross_entropy(logits, targets).backward()
@@ -190,12 +220,30 @@ def test_cross_entropy_matches_torch_with_ignored_targets_and_any_leading_shape(
     torch.testing.assert_close(logits.grad, reference.grad)
 
 
-@pytest.mark.parametrize("logits, targets, error, message", [
-    (torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long), ValueError, r"targets has shape \(2, 3\), logits \(2, 3\)"),
-    (torch.zeros(2, 3), torch.zeros(2), TypeError, "targets must be a tensor of integer ids"),
-    (torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, dtype=torch.long), TypeError, "logits must be a floating-point"),
-    (torch.zeros(2, 3), torch.tensor([0, 3]), ValueError, r"ids in \[0, 3\] but the logits cover \[0, 2\]"),
-])
+@pytest.mark.parametrize(
+    "logits, targets, error, message",
+    [
+        (
+            torch.zeros(2, 3),
+            torch.zeros(2, 3, dtype=torch.long),
+            ValueError,
+            r"targets has shape \(2, 3\), logits \(2, 3\)",
+        ),
+        (torch.zeros(2, 3), torch.zeros(2), TypeError, "targets must be a tensor of integer ids"),
+        (
+            torch.zeros(2, 3, dtype=torch.long),
+            torch.zeros(2, dtype=torch.long),
+            TypeError,
+            "logits must be a floating-point",
+        ),
+        (
+            torch.zeros(2, 3),
+            torch.tensor([0, 3]),
+            ValueError,
+            r"ids in \[0, 3\] but the logits cover \[0, 2\]",
+        ),
+    ],
+)
 def test_cross_entropy_refuses_bad_input_by_name(logits, targets, error, message):
     with pytest.raises(error, match=message):
         cross_entropy(logits, targets)
@@ -239,8 +287,13 @@ def test_train_uses_the_librarys_cross_entropy_and_clip_gradients(monkeypatch):
         def counted(*args, _original=original, _name=name, **kwargs):
             calls[_name] += 1
             return _original(*args, **kwargs)
+
         monkeypatch.setattr(training, name, counted)
     model = build_model(TransformerConfig(**SMALL))
-    train(model, lambda step: (_ids((2, 8), seed=step),), next_token_objective,
-          TrainConfig(steps=3, warmup_steps=1, grad_clip=0.5, progress=False))
+    train(
+        model,
+        lambda step: (_ids((2, 8), seed=step),),
+        next_token_objective,
+        TrainConfig(steps=3, warmup_steps=1, grad_clip=0.5, progress=False),
+    )
     assert calls == {"cross_entropy": 3, "clip_gradients": 3}

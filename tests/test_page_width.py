@@ -6,6 +6,7 @@ A cell whose input or output the page removes (`remove-input`, `remove-cell`, `r
 shown and not checked. The browser test checks the built pages themselves; this test is the fast
 one that names the file, the cell and the line.
 """
+
 from __future__ import annotations
 
 import nbformat
@@ -29,7 +30,9 @@ def cases():
 
 def output_text(output: nbformat.NotebookNode) -> str:
     """What an output shows as text: a stream, or a result's plain-text form."""
-    text = output.get("text") if output.output_type == "stream" else output.get("data", {}).get("text/plain", "")
+    text = (
+        output.get("text") if output.output_type == "stream" else output.get("data", {}).get("text/plain", "")
+    )
     return "".join(text) if isinstance(text, list) else (text or "")
 
 
@@ -48,7 +51,9 @@ def too_wide(nb: nbformat.NotebookNode, *, outputs: bool, width: int = WIDTH) ->
             for output in cell.get("outputs", []):
                 for line_no, line in enumerate(output_text(output).splitlines(), 1):
                     if len(line) > width:
-                        found.append(f"cell {number}, output line {line_no}: {len(line)} characters: {line[:60]}...")
+                        found.append(
+                            f"cell {number}, output line {line_no}: {len(line)} characters: {line[:60]}..."
+                        )
     return found
 
 
@@ -65,7 +70,9 @@ def test_too_wide_names_the_cell_and_line_and_skips_what_is_not_shown():
     hidden = nbformat.v4.new_code_cell("w = " + "2 + " * 30 + "2", metadata={"tags": ["remove-input"]})
     nb.cells = [nbformat.v4.new_markdown_cell("m" * 200), shown, hidden]
     assert [w.split(":")[0] for w in too_wide(nb, outputs=True)] == [
-        "cell 2, line 2", "cell 2, output line 2"]
+        "cell 2, line 2",
+        "cell 2, output line 2",
+    ]
     assert [w.split(":")[0] for w in too_wide(nb, outputs=False)] == ["cell 2, line 2"]
 
 

@@ -1,5 +1,6 @@
 """Positions: the encodings match their formulas, relative position shows through dot products,
 attention without positions is permutation-equivariant, and the chapter 3 checkers catch mistakes."""
+
 import math
 
 import pytest
@@ -7,8 +8,14 @@ import torch
 
 from companion import MultiHeadAttention, TransformerConfig, build_model
 from companion.positions import (
-    LearnedPositions, RotaryEmbedding, SinusoidalPositions, equivariance_gap, inverse_frequencies, offset_rotation,
-    rotate_pairs, sinusoidal_table,
+    LearnedPositions,
+    RotaryEmbedding,
+    SinusoidalPositions,
+    equivariance_gap,
+    inverse_frequencies,
+    offset_rotation,
+    rotate_pairs,
+    sinusoidal_table,
 )
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -44,7 +51,7 @@ def test_offset_rotation_moves_every_position_by_the_offset(offset):
     table = sinusoidal_table(60, 24)
     moved = table @ offset_rotation(offset, 24)
     lo, hi = max(0, -offset), 60 - max(0, offset)
-    torch.testing.assert_close(moved[lo:hi], table[lo + offset:hi + offset], **TOL)
+    torch.testing.assert_close(moved[lo:hi], table[lo + offset : hi + offset], **TOL)
 
 
 def test_offset_rotation_is_orthogonal():
@@ -72,7 +79,9 @@ def test_rope_scores_depend_only_on_the_relative_position():
     for m, n in ((5, 2), (9, 9), (0, 7)):
         for shift in (1, 50, 250):
             assert math.isclose(score(m, n), score(m + shift, n + shift), abs_tol=1e-4)
-    assert not math.isclose(score(5, 2), score(2, 5), abs_tol=1e-3)  # unlike sinusoids, RoPE tells before from after
+    assert not math.isclose(
+        score(5, 2), score(2, 5), abs_tol=1e-3
+    )  # unlike sinusoids, RoPE tells before from after
 
 
 def test_rope_keeps_lengths_and_leaves_position_zero_alone():
@@ -87,7 +96,9 @@ def test_rope_keeps_lengths_and_leaves_position_zero_alone():
 def test_rotate_pairs_rotates_adjacent_features():
     x = torch.tensor([[1.0, 0.0, 0.0, 1.0]])  # pairs (1, 0) and (0, 1)
     angle = torch.tensor([[math.pi / 2, math.pi / 2]])
-    torch.testing.assert_close(rotate_pairs(x, angle.cos(), angle.sin()), torch.tensor([[0.0, 1.0, -1.0, 0.0]]), **TOL)
+    torch.testing.assert_close(
+        rotate_pairs(x, angle.cos(), angle.sin()), torch.tensor([[0.0, 1.0, -1.0, 0.0]]), **TOL
+    )
 
 
 def test_self_attention_without_positions_is_equivariant_and_causal_is_not():
@@ -99,11 +110,14 @@ def test_self_attention_without_positions_is_equivariant_and_causal_is_not():
     assert equivariance_gap(lambda t: mha(t, causal=True), x, perm) > 0.01
 
 
-@pytest.mark.parametrize("positional, equivariant", [("none", True), ("sinusoidal", False), ("learned", False), ("rope", False)])
+@pytest.mark.parametrize(
+    "positional, equivariant", [("none", True), ("sinusoidal", False), ("learned", False), ("rope", False)]
+)
 def test_encoder_is_equivariant_exactly_when_it_has_no_positions(positional, equivariant):
     torch.manual_seed(0)
-    config = TransformerConfig(kind="encoder", vocab_size=20, context_length=16, d_model=16, heads=2, layers=2,
-                               positional=positional)
+    config = TransformerConfig(
+        kind="encoder", vocab_size=20, context_length=16, d_model=16, heads=2, layers=2, positional=positional
+    )
     model = build_model(config).eval()
     ids = torch.randint(0, 20, (2, 10))
     perm = torch.randperm(10, generator=torch.Generator().manual_seed(1))
@@ -112,11 +126,16 @@ def test_encoder_is_equivariant_exactly_when_it_has_no_positions(positional, equ
     assert (gap < 1e-4) == equivariant, gap
 
 
-@pytest.mark.parametrize("positional, shift_invariant", [("rope", True), ("learned", False), ("sinusoidal", False)])
+@pytest.mark.parametrize(
+    "positional, shift_invariant", [("rope", True), ("learned", False), ("sinusoidal", False)]
+)
 def test_only_rope_model_ignores_where_the_sequence_starts(positional, shift_invariant):
     torch.manual_seed(0)
-    model = build_model(TransformerConfig(vocab_size=20, context_length=64, d_model=16, heads=2, layers=2,
-                                          positional=positional)).eval()
+    model = build_model(
+        TransformerConfig(
+            vocab_size=20, context_length=64, d_model=16, heads=2, layers=2, positional=positional
+        )
+    ).eval()
     ids = torch.randint(0, 20, (2, 12))
     with torch.no_grad():
         gap = (model(ids) - model(ids, start_pos=40)).abs().max().item()
@@ -134,12 +153,23 @@ def test_only_rope_model_ignores_where_the_sequence_starts(positional, shift_inv
         (lambda: LearnedPositions(8, 4)(torch.tensor([1.0])), TypeError, "integer positions"),
         (lambda: RotaryEmbedding(7, 8), ValueError, "d_head=7: expected an even number"),
         (lambda: RotaryEmbedding(8, 16)(torch.randn(1, 2, 3, 6)), ValueError, "d_head=8"),
-        (lambda: RotaryEmbedding(8, 16)(torch.randn(1, 2, 3, 8), torch.tensor([0, 1])), ValueError, r"expected one per position"),
-        (lambda: RotaryEmbedding(8, 16)(torch.randn(1, 2, 3, 8), torch.tensor([14, 15, 16])), ValueError, "positions 0..15"),
-        (lambda: equivariance_gap(lambda t: t, torch.randn(2, 4, 3), torch.tensor([0, 1, 1, 3])), ValueError, "permutation"),
+        (
+            lambda: RotaryEmbedding(8, 16)(torch.randn(1, 2, 3, 8), torch.tensor([0, 1])),
+            ValueError,
+            r"expected one per position",
+        ),
+        (
+            lambda: RotaryEmbedding(8, 16)(torch.randn(1, 2, 3, 8), torch.tensor([14, 15, 16])),
+            ValueError,
+            "positions 0..15",
+        ),
+        (
+            lambda: equivariance_gap(lambda t: t, torch.randn(2, 4, 3), torch.tensor([0, 1, 1, 3])),
+            ValueError,
+            "permutation",
+        ),
     ],
 )
 def test_bad_input_gets_a_clear_error(call, error, message):
     with pytest.raises(error, match=message):
         call()
-

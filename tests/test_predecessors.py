@@ -1,4 +1,5 @@
 """Predecessors: the interface, the properties chapter 1 claims and clear errors."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,8 +7,18 @@ import torch.nn.functional as F
 from companion import MultiHeadAttention, count_parameters
 from companion.data import recall_batches, recall_targets, recall_task
 from companion.predecessors import (
-    BagOfTokensMLP, CausalCNN, RNNLM, WindowMLP, autograd_depth, causal_conv1d, influence_by_distance, receptive_field,
-    recall_accuracy, recall_loss, rnn_loop, rnn_step,
+    RNNLM,
+    BagOfTokensMLP,
+    CausalCNN,
+    WindowMLP,
+    autograd_depth,
+    causal_conv1d,
+    influence_by_distance,
+    recall_accuracy,
+    recall_loss,
+    receptive_field,
+    rnn_loop,
+    rnn_step,
 )
 from helpers import random_ids
 
@@ -19,10 +30,18 @@ def ids(batch=3, length=L, seed=0):
     return random_ids((batch, length), V, seed)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: WindowMLP(V, L, 4, 8), lambda: BagOfTokensMLP(V, 4, 8), lambda: CausalCNN(V, 4, 2, 3),
-    lambda: RNNLM(V, 4, "rnn"), lambda: RNNLM(V, 4, "gru"), lambda: RNNLM(V, 4, "lstm"), lambda: RNNLM(V, 4, "rnn", fused=False),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: WindowMLP(V, L, 4, 8),
+        lambda: BagOfTokensMLP(V, 4, 8),
+        lambda: CausalCNN(V, 4, 2, 3),
+        lambda: RNNLM(V, 4, "rnn"),
+        lambda: RNNLM(V, 4, "gru"),
+        lambda: RNNLM(V, 4, "lstm"),
+        lambda: RNNLM(V, 4, "rnn", fused=False),
+    ],
+)
 def test_every_model_maps_ids_to_logits_and_trains(make):
     torch.manual_seed(0)
     model = make()
@@ -51,7 +70,9 @@ def test_window_mlp_tells_permutations_apart():
     assert not torch.allclose(model(x)[:, -1], model(x.flip(1))[:, -1])
 
 
-@pytest.mark.parametrize("layers, kernel, growth, field", [(1, 3, 1, 3), (3, 3, 1, 7), (4, 2, 2, 16), (3, 5, 1, 13)])
+@pytest.mark.parametrize(
+    "layers, kernel, growth, field", [(1, 3, 1, 3), (3, 3, 1, 7), (4, 2, 2, 16), (3, 5, 1, 13)]
+)
 def test_receptive_field_formula(layers, kernel, growth, field):
     assert receptive_field(layers, kernel, growth) == field
 
@@ -73,7 +94,9 @@ def test_cnn_is_causal_and_shift_equivariant():
     changed[:, 8:] = (changed[:, 8:] + 1) % V
     torch.testing.assert_close(cnn(x)[:, :8], cnn(changed)[:, :8], **TOL)
     # Dropping the first token shifts the outputs: beyond the field, each output is unchanged.
-    torch.testing.assert_close(cnn(x[:, 1:])[:, cnn.receptive_field - 1:], cnn(x)[:, cnn.receptive_field:], **TOL)
+    torch.testing.assert_close(
+        cnn(x[:, 1:])[:, cnn.receptive_field - 1 :], cnn(x)[:, cnn.receptive_field :], **TOL
+    )
 
 
 def test_causal_conv1d_matches_left_padded_conv():
@@ -94,7 +117,13 @@ def test_rnn_step_loop_matches_fused_rnn():
 
 
 def test_rnn_step_formula():
-    x, h, w_xh, w_hh, b = torch.randn(2, 3), torch.randn(2, 4), torch.randn(4, 3), torch.randn(4, 4), torch.randn(4)
+    x, h, w_xh, w_hh, b = (
+        torch.randn(2, 3),
+        torch.randn(2, 4),
+        torch.randn(4, 3),
+        torch.randn(4, 4),
+        torch.randn(4),
+    )
     expected = torch.tanh(x @ w_xh.T + h @ w_hh.T + b)
     torch.testing.assert_close(rnn_step(x, h, w_xh, w_hh, b), expected, **TOL)
 
@@ -112,8 +141,12 @@ def test_rnn_is_causal(cell):
 def test_rnn_chain_grows_with_length_attention_does_not():
     torch.manual_seed(0)
     cell, mha = torch.nn.RNN(4, 4, batch_first=True), MultiHeadAttention(4, 2)
-    depths_rnn = [autograd_depth(rnn_loop(torch.randn(1, n, 4, requires_grad=True), cell)) for n in (8, 16, 32)]
-    depths_attention = [autograd_depth(mha(torch.randn(1, n, 4, requires_grad=True), causal=True)) for n in (8, 16, 32)]
+    depths_rnn = [
+        autograd_depth(rnn_loop(torch.randn(1, n, 4, requires_grad=True), cell)) for n in (8, 16, 32)
+    ]
+    depths_attention = [
+        autograd_depth(mha(torch.randn(1, n, 4, requires_grad=True), causal=True)) for n in (8, 16, 32)
+    ]
     # 8 more steps add d, 16 more add 2d: the chain is linear in the length.
     assert depths_rnn[2] - depths_rnn[1] == 2 * (depths_rnn[1] - depths_rnn[0]) > 0
     assert len(set(depths_attention)) == 1
@@ -177,21 +210,23 @@ def test_recall_loss_is_low_for_the_oracle_and_high_for_a_guess():
     assert recall_loss(Oracle(V, reach=0), x, answer) > 1.0
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: recall_targets(torch.tensor([[0, 3, 0, 4]])), "exactly one marker"),
-    (lambda: recall_targets(torch.tensor([[2, 3, 4, 0]])), "no key follows"),
-    (lambda: WindowMLP(V, 8)(ids(length=9)), "fixed window of 8 tokens"),
-    (lambda: CausalCNN(V, 4, 2, kernel_size=5)(ids(length=3)), "kernel larger than the sequence"),
-    (lambda: RNNLM(V, 4, "transformer"), "cell='transformer'"),
-    (lambda: RNNLM(V, 4, "gru", fused=False), "cell='rnn' only"),
-    (lambda: WindowMLP(V, 0), "window=0"),
-    (lambda: CausalCNN(V, 4, 2, 3)(torch.randn(2, 5)), "integer token ids"),
-    (lambda: RNNLM(V, 4)(torch.tensor([[1, V]])), "vocabulary"),
-    (lambda: receptive_field(0, 3), "layers=0"),
-    (lambda: recall_batches(4, 10, 10, 8), "max_distance=10"),
-    (lambda: recall_task(4, 10, 10, 8), "distance must be in"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: recall_targets(torch.tensor([[0, 3, 0, 4]])), "exactly one marker"),
+        (lambda: recall_targets(torch.tensor([[2, 3, 4, 0]])), "no key follows"),
+        (lambda: WindowMLP(V, 8)(ids(length=9)), "fixed window of 8 tokens"),
+        (lambda: CausalCNN(V, 4, 2, kernel_size=5)(ids(length=3)), "kernel larger than the sequence"),
+        (lambda: RNNLM(V, 4, "transformer"), "cell='transformer'"),
+        (lambda: RNNLM(V, 4, "gru", fused=False), "cell='rnn' only"),
+        (lambda: WindowMLP(V, 0), "window=0"),
+        (lambda: CausalCNN(V, 4, 2, 3)(torch.randn(2, 5)), "integer token ids"),
+        (lambda: RNNLM(V, 4)(torch.tensor([[1, V]])), "vocabulary"),
+        (lambda: receptive_field(0, 3), "layers=0"),
+        (lambda: recall_batches(4, 10, 10, 8), "max_distance=10"),
+        (lambda: recall_task(4, 10, 10, 8), "distance must be in"),
+    ],
+)
 def test_bad_input_gets_a_clear_error(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
-

@@ -3,6 +3,7 @@
 
 Offline: every model is random-init, built here and saved with `save_pretrained` into tmp_path.
 """
+
 import os
 import shutil
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
-from tokenizers import ByteLevelBPETokenizer, BertWordPieceTokenizer
+from tokenizers import BertWordPieceTokenizer, ByteLevelBPETokenizer
 
 from companion import DecoderLM, EncoderLM, TransformerConfig, build_model, generate, presets
 from companion.layers import ACTIVATIONS, GELUTanh
@@ -28,8 +29,14 @@ GPT2_SIZES = {
     "gpt2-small": {},  # the defaults are the 124M model
 }
 BERT_SIZES = {
-    "small": dict(num_hidden_layers=2, hidden_size=48, num_attention_heads=4, intermediate_size=96,
-                  vocab_size=97, max_position_embeddings=32),
+    "small": dict(
+        num_hidden_layers=2,
+        hidden_size=48,
+        num_attention_heads=4,
+        intermediate_size=96,
+        vocab_size=97,
+        max_position_embeddings=32,
+    ),
     "bert-base": {},  # the defaults are bert-base-uncased
 }
 
@@ -90,14 +97,14 @@ def test_gpt2_greedy_tokens_match_transformers_with_and_without_cache(gpt2):
 
 @pytest.mark.parametrize("gpt2", ["gpt2-small"], indirect=True)
 def test_gpt2_small_checkpoint_is_the_gpt2_small_preset(gpt2):
-    reference, directory = gpt2
+    _, directory = gpt2
     loaded = load_pretrained(directory).config
     assert loaded.replace(dropout=0.0, attention_dropout=0.0) == presets["gpt2-small"]
 
 
 @pytest.mark.parametrize("bert", ["bert-base"], indirect=True)
 def test_bert_base_checkpoint_is_the_bert_base_preset(bert):
-    reference, directory = bert
+    _, directory = bert
     loaded = load_pretrained(directory).config
     assert loaded.replace(dropout=0.0, attention_dropout=0.0, task_head="none") == presets["bert-base"]
 
@@ -116,8 +123,9 @@ def test_untied_gpt2_head_loads_its_own_weight(tmp_path):
 def test_exact_gelu_would_miss_gpt2_by_far_more_than_the_tolerance(tmp_path):
     """The reason for gelu_tanh: with the exact GELU the same weights give visibly different logits."""
     torch.manual_seed(0)
-    reference = transformers.GPT2LMHeadModel(transformers.GPT2Config(**GPT2_SIZES["small"],
-                                                                     initializer_range=0.2)).eval()
+    reference = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(**GPT2_SIZES["small"], initializer_range=0.2)
+    ).eval()
     model = load_pretrained(_save(reference, tmp_path))
     exact = build_model(model.config.replace(activation="gelu")).eval()
     exact.load_state_dict(model.state_dict())
@@ -141,7 +149,9 @@ def test_bert_hidden_states_pooler_and_mlm_logits_match_transformers_with_paddin
     attention_mask = (ids != 0).long()
     with torch.no_grad():
         expected = reference.bert(ids, attention_mask=attention_mask, token_type_ids=segments)
-        expected_logits = reference(ids, attention_mask=attention_mask, token_type_ids=segments).prediction_logits
+        expected_logits = reference(
+            ids, attention_mask=attention_mask, token_type_ids=segments
+        ).prediction_logits
         hidden = model.hidden_states(ids, segments)  # the padding mask comes from config.pad_id
         logits = model(ids, segments)
     assert (hidden - expected.last_hidden_state).abs().max().item() < TOLERANCE
@@ -151,7 +161,9 @@ def test_bert_hidden_states_pooler_and_mlm_logits_match_transformers_with_paddin
 
 def test_bert_without_heads_loads_as_a_bare_encoder(tmp_path):
     torch.manual_seed(0)
-    reference = transformers.BertModel(transformers.BertConfig(**BERT_SIZES["small"]), add_pooling_layer=False)
+    reference = transformers.BertModel(
+        transformers.BertConfig(**BERT_SIZES["small"]), add_pooling_layer=False
+    )
     model = load_pretrained(_save(reference.eval(), tmp_path))
     assert model.pooler is None and model.config.task_head == "none"
     ids = _ids(97, (2, 9), low=1)
@@ -163,11 +175,29 @@ def test_bert_without_heads_loads_as_a_bare_encoder(tmp_path):
 
 LLAMA_SIZES = {
     # grouped-query attention (2 kv heads for 4), Llama 3's rope theta, an untied head
-    "gqa": dict(vocab_size=97, hidden_size=48, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=32, rope_theta=500000.0, rms_norm_eps=1e-5),
+    "gqa": dict(
+        vocab_size=97,
+        hidden_size=48,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+    ),
     # multi-query attention, a tied head, Llama 1's eps
-    "mqa-tied": dict(vocab_size=97, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                     num_key_value_heads=1, max_position_embeddings=32, rms_norm_eps=1e-6, tie_word_embeddings=True),
+    "mqa-tied": dict(
+        vocab_size=97,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -190,7 +220,12 @@ def test_llama_logits_match_transformers(llama):
     model = load_pretrained(directory)
     config = model.config
     assert isinstance(model, DecoderLM)
-    assert (config.norm_type, config.activation, config.positional, config.bias) == ("rms", "swiglu", "rope", False)
+    assert (config.norm_type, config.activation, config.positional, config.bias) == (
+        "rms",
+        "swiglu",
+        "rope",
+        False,
+    )
     assert config.n_kv_heads == reference.config.num_key_value_heads
     assert config.layer_norm_eps == reference.config.rms_norm_eps
     assert config.tie_embeddings == reference.config.tie_word_embeddings
@@ -227,22 +262,33 @@ def test_llama_rotates_halves_so_the_loader_reorders_query_and_key_rows(llama, m
 
 def test_llama_checkpoint_of_the_llama_tiny_shape_is_the_llama_tiny_preset(tmp_path):
     tiny = presets["llama-tiny"]
-    sizes = dict(vocab_size=tiny.vocab_size, hidden_size=tiny.d_model, intermediate_size=tiny.d_ff,
-                 num_hidden_layers=tiny.layers, num_attention_heads=tiny.heads, num_key_value_heads=tiny.kv_heads,
-                 max_position_embeddings=tiny.context_length, rms_norm_eps=tiny.layer_norm_eps,
-                 rope_theta=tiny.rope_base, tie_word_embeddings=False)
+    sizes = dict(
+        vocab_size=tiny.vocab_size,
+        hidden_size=tiny.d_model,
+        intermediate_size=tiny.d_ff,
+        num_hidden_layers=tiny.layers,
+        num_attention_heads=tiny.heads,
+        num_key_value_heads=tiny.kv_heads,
+        max_position_embeddings=tiny.context_length,
+        rms_norm_eps=tiny.layer_norm_eps,
+        rope_theta=tiny.rope_base,
+        tie_word_embeddings=False,
+    )
     reference = _llama(sizes)
     model = load_pretrained(_save(reference, tmp_path))
     assert model.config == tiny
     assert sum(p.numel() for p in reference.parameters()) == sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("hidden_act", "gelu", r"hidden_act='gelu'.*'silu'"),
-    ("attention_bias", True, r"attention_bias=True"),
-    ("head_dim", 16, r"head_dim=16.*12"),
-    ("rope_parameters", {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}, r"rope type 'yarn'"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("hidden_act", "gelu", r"hidden_act='gelu'.*'silu'"),
+        ("attention_bias", True, r"attention_bias=True"),
+        ("head_dim", 16, r"head_dim=16.*12"),
+        ("rope_parameters", {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}, r"rope type 'yarn'"),
+    ],
+)
 def test_unsupported_llama_config_is_refused_by_name(tmp_path, key, value, message):
     import json
 
@@ -259,7 +305,9 @@ def test_unsupported_llama_config_is_refused_by_name(tmp_path, key, value, messa
 def _as_hub_gpt2(directory, target):
     """The layout of the hub's original gpt2 files: no "transformer." prefix, causal-mask buffers,
     a copy of the tied head, pytorch_model.bin."""
-    weights = {k.removeprefix("transformer."): v for k, v in load_file(directory / "model.safetensors").items()}
+    weights = {
+        k.removeprefix("transformer."): v for k, v in load_file(directory / "model.safetensors").items()
+    }
     n = weights["wpe.weight"].shape[0]
     for i in range(sum(k.endswith("ln_1.weight") for k in weights)):
         weights[f"h.{i}.attn.bias"] = torch.ones(1, 1, n, n).tril()
@@ -374,7 +422,9 @@ def test_download_fetches_only_when_allowed_and_only_the_needed_files(small_gpt2
     model = load_pretrained("someone/tiny-gpt2", download=True)
     assert calls == [("someone/tiny-gpt2", True), ("someone/tiny-gpt2", False)]
     assert torch.equal(model.embed.tokens.weight, small_gpt2[0].transformer.wte.weight)
-    assert any(p.endswith(".safetensors") for p in HUB_PATTERNS) and not any("h5" in p or "msgpack" in p for p in HUB_PATTERNS)
+    assert any(p.endswith(".safetensors") for p in HUB_PATTERNS) and not any(
+        "h5" in p or "msgpack" in p for p in HUB_PATTERNS
+    )
 
 
 def test_dtype_is_applied_to_every_weight(small_gpt2):
@@ -419,11 +469,14 @@ def test_tied_copy_that_differs_is_refused(small_gpt2, tmp_path):
         load_pretrained(hub)
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("model_type", "t5", r"model_type='t5'.*\['bert', 'gpt2', 'llama'\]"),
-    ("scale_attn_by_inverse_layer_idx", True, r"scale_attn_by_inverse_layer_idx=True"),
-    ("activation_function", "swish", r"activation_function='swish'"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("model_type", "t5", r"model_type='t5'.*\['bert', 'gpt2', 'llama'\]"),
+        ("scale_attn_by_inverse_layer_idx", True, r"scale_attn_by_inverse_layer_idx=True"),
+        ("activation_function", "swish", r"activation_function='swish'"),
+    ],
+)
 def test_unsupported_config_is_refused_by_name(small_gpt2, key, value, message):
     import json
 
@@ -449,16 +502,22 @@ def test_a_file_is_not_a_source(small_gpt2):
 
 # ---------------------------------------------------------------- tokenizers
 
-TEXT = ["The quick brown fox jumps over the lazy dog.", "Attention is all you need, said the paper in 2017.",
-        "café naïve: ünïcode survives"] * 5
+TEXT = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Attention is all you need, said the paper in 2017.",
+    "café naïve: ünïcode survives",
+] * 5
 
 
 def test_gpt2_byte_level_bpe_round_trips_and_matches_transformers(tmp_path):
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(TEXT, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"],
-                            show_progress=False)
+    bpe.train_from_iterator(
+        TEXT, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"], show_progress=False
+    )
     bpe.save_model(str(tmp_path))
-    reference = transformers.GPT2Tokenizer(vocab=str(tmp_path / "vocab.json"), merges=str(tmp_path / "merges.txt"))
+    reference = transformers.GPT2Tokenizer(
+        vocab=str(tmp_path / "vocab.json"), merges=str(tmp_path / "merges.txt")
+    )
     reference.save_pretrained(tmp_path / "saved")
     tokenizer = load_tokenizer(tmp_path / "saved")
     text = "The lazy fox said: café 2017! Ωmega<|endoftext|>"
@@ -512,11 +571,22 @@ def test_gelu_tanh_is_gpt2s_formula_and_differs_from_exact_gelu():
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 def test_every_activation_builds_every_kind_of_model(activation):
     for kind in ("decoder", "encoder", "encoder-decoder"):
-        config = TransformerConfig(kind=kind, vocab_size=11, context_length=8, d_model=8, heads=2, layers=1,
-                                   activation=activation, task_head="mlm" if kind == "encoder" else "none")
+        config = TransformerConfig(
+            kind=kind,
+            vocab_size=11,
+            context_length=8,
+            d_model=8,
+            heads=2,
+            layers=1,
+            activation=activation,
+            task_head="mlm" if kind == "encoder" else "none",
+        )
         model = build_model(config)
         assert sum(isinstance(m, ACTIVATIONS[activation]) for m in model.modules()) >= 1
-    with pytest.raises(ValueError, match=r"activation='swish': expected one of \('relu', 'gelu', 'gelu_tanh', 'silu', 'swiglu'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"activation='swish': expected one of \('relu', 'gelu', 'gelu_tanh', 'silu', 'swiglu'\)",
+    ):
         TransformerConfig(activation="swish")
 
 

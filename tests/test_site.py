@@ -11,6 +11,7 @@ Every explorer of every page is worked as a reader works it (tools/check_site.py
 each value, the drawing shown must name them); code blocks and outputs must not scroll sideways; the
 site's search must find a chapter from disk. The count of checks made is printed at the end.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,15 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from check_site import (
-    SiteChecker, broken_links, expected_state, install_chromium, launch, overflow_problems, problems,
-    sample_positions, toc_pages,
+    SiteChecker,
+    broken_links,
+    expected_state,
+    install_chromium,
+    launch,
+    overflow_problems,
+    problems,
+    sample_positions,
+    toc_pages,
 )
 from figure_alt import caption_as_alt
 from helpers import ROOT
@@ -34,18 +42,23 @@ PAGES = toc_pages(TOC)
 CHAPTER = re.compile(r"book/(\d\d)_(\w+)")
 
 needs_site = pytest.mark.skipif(
-    SITE is None, reason="the browser test needs a built site: run `make test-site` (or set COURSE_SITE=_build/html)")
+    SITE is None,
+    reason="the browser test needs a built site: run `make test-site` (or set COURSE_SITE=_build/html)",
+)
 
 
 # --- the checking code itself (fast, no browser) ------------------------------------------------------
 
+
 def test_remote_loads_flags_network_scripts_and_stylesheets():
-    html = ('<script src="https://cdn.example.org/require.js"></script>'
-            '<link rel="stylesheet" href="//fonts.example.org/a.css">'
-            '<script src="_static/vendor/require.js"></script>'
-            '<link rel="canonical" href="https://example.org/page.html">'
-            '<a href="https://example.org">a link is not a load</a>')
-    assert [t[:12] for t in remote_loads(html)] == ["<script src=", "<link rel=\"s"]
+    html = (
+        '<script src="https://cdn.example.org/require.js"></script>'
+        '<link rel="stylesheet" href="//fonts.example.org/a.css">'
+        '<script src="_static/vendor/require.js"></script>'
+        '<link rel="canonical" href="https://example.org/page.html">'
+        '<a href="https://example.org">a link is not a load</a>'
+    )
+    assert [t[:12] for t in remote_loads(html)] == ["<script src=", '<link rel="s']
 
 
 def test_broken_links_finds_missing_pages_and_fragments(tmp_path):
@@ -58,17 +71,20 @@ def test_broken_links_finds_missing_pages_and_fragments(tmp_path):
 
 def test_toc_pages_lists_root_and_every_part(tmp_path):
     toc = tmp_path / "_toc.yml"
-    toc.write_text("format: jb-book\nroot: book/00_intro\nparts:\n"
-                   "  - caption: A\n    chapters:\n      - file: book/01_x.md\n"
-                   "        sections:\n          - file: book/01_y\n"
-                   "  - caption: B\n    chapters:\n      - file: exercises/01_x\n")
+    toc.write_text(
+        "format: jb-book\nroot: book/00_intro\nparts:\n"
+        "  - caption: A\n    chapters:\n      - file: book/01_x.md\n"
+        "        sections:\n          - file: book/01_y\n"
+        "  - caption: B\n    chapters:\n      - file: exercises/01_x\n"
+    )
     assert toc_pages(toc) == ["book/00_intro", "book/01_x", "book/01_y", "exercises/01_x"]
 
 
 def test_figure_caption_becomes_alt_text_unless_the_image_has_its_own():
     from docutils import nodes
-    from docutils.utils import new_document
     from docutils.frontend import get_default_settings
+    from docutils.utils import new_document
+
     document = new_document("page", get_default_settings())
     bare, own = nodes.image(uri="a.png"), nodes.image(uri="b.png", alt="two heads")
     for image, text in ((bare, "Attention  weights\nof head 0."), (own, "Caption.")):
@@ -99,12 +115,15 @@ def test_playwright_is_a_test_dependency():
 
 # --- the built site in Chromium ----------------------------------------------------------------------
 
+
 def chromium_or_skip() -> str:
     """Debian's Chromium and the playwright package, or a skip with the reason (a failure under CI)."""
+
     def unavailable(why: str):
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"CI must run the browser test, but {why}")
         pytest.skip(f"the browser test cannot run: {why}")
+
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError as error:
@@ -115,8 +134,13 @@ def chromium_or_skip() -> str:
         unavailable(f"Chromium is unavailable: {error}")
 
 
-CHECKS = {"pages": 0, "explorer moves": 0, "pages checked for sideways scrolling (light and dark)": 0,
-          "search queries": 0, "links": 0}
+CHECKS = {
+    "pages": 0,
+    "explorer moves": 0,
+    "pages checked for sideways scrolling (light and dark)": 0,
+    "search queries": 0,
+    "links": 0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +180,7 @@ def reports(checker):
             CHECKS["explorer moves"] += report.explorer_checks
             CHECKS["links"] += len(set(report.links))
         return cache[page]
+
     return get
 
 
@@ -211,8 +236,11 @@ def test_widget_pages_also_show_a_static_figure(reports, page):
 def test_chapter_page_links_its_notebooks(reports, page):
     """In its own text, not only through the sidebar: a rendered page or a download of the .ipynb."""
     number, concept = CHAPTER.fullmatch(page).groups()
-    links = {Path(unquote(urlsplit(link).path)).resolve() for link in reports(page).article_links
-             if link.startswith("file:")}
+    links = {
+        Path(unquote(urlsplit(link).path)).resolve()
+        for link in reports(page).article_links
+        if link.startswith("file:")
+    }
     for folder in ("exercises", "solutions"):
         name = f"{folder}/{number}_{concept}"
         if name not in PAGES:
@@ -224,8 +252,9 @@ def test_chapter_page_links_its_notebooks(reports, page):
 
 @needs_site
 def test_no_built_page_loads_from_the_network():
-    offending = {str(p.relative_to(SITE)): remote_loads(p.read_text(errors="replace"))
-                 for p in SITE.rglob("*.html")}
+    offending = {
+        str(p.relative_to(SITE)): remote_loads(p.read_text(errors="replace")) for p in SITE.rglob("*.html")
+    }
     offending = {page: tags for page, tags in offending.items() if tags}
     assert not offending, f"pages that load scripts or stylesheets over the network: {offending}"
 
@@ -263,7 +292,7 @@ def test_sideways_scroll_check_fires_on_a_wide_cell(browser, tmp_path, width, wi
     found = overflow_problems(report)
     assert bool(found) == wide, found
     if wide:
-        assert len(found) == 2 and all('code' in f and '"x = 111' in f for f in found)  # light and dark
+        assert len(found) == 2 and all("code" in f and '"x = 111' in f for f in found)  # light and dark
 
 
 @needs_site

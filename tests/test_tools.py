@@ -3,6 +3,7 @@
 Each limit here is seen to fire: a test makes the stuck process and checks that it is killed, and
 that the message names what was stuck.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -43,7 +44,11 @@ def test_with_limit_kills_the_whole_tree_and_says_so(capsys):
     assert status == 124 and time.monotonic() - start < 30
     assert "still running after 2 s" in capsys.readouterr().err
     time.sleep(0.5)
-    assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and marker in " ".join(p.info["cmdline"])]
+    assert not [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if p.info["cmdline"] and marker in " ".join(p.info["cmdline"])
+    ]
 
 
 def test_with_limit_passes_the_exit_status_through_and_rejects_bad_arguments(capsys):
@@ -54,13 +59,17 @@ def test_with_limit_passes_the_exit_status_through_and_rejects_bad_arguments(cap
 
 def test_a_kernel_that_stops_answering_is_killed_and_named(tmp_path):
     # SIGSTOP freezes the kernel mid-cell: idle, never replying, as the ipykernel 7 hang looked.
-    nb = write_notebook(tmp_path / "stuck.ipynb", "x = 1", "import os, signal\nos.kill(os.getpid(), signal.SIGSTOP)")
+    nb = write_notebook(
+        tmp_path / "stuck.ipynb", "x = 1", "import os, signal\nos.kill(os.getpid(), signal.SIGSTOP)"
+    )
     before = nb.read_bytes()
     start = time.monotonic()
     results = run_notebooks.run_all([nb], limit=20, cell_timeout=600, log=lambda _line: None)
     assert time.monotonic() - start < 60
     error = results[nb]
-    assert error.startswith("killed after 20 s") and "in cell 1 of 2" in error and "import os, signal" in error
+    assert (
+        error.startswith("killed after 20 s") and "in cell 1 of 2" in error and "import os, signal" in error
+    )
     assert "0% CPU" in error
     assert nb.read_bytes() == before  # a failed run leaves the notebook as it was
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
@@ -82,8 +91,12 @@ def test_outputs_are_stored_with_one_thread_per_kernel(tmp_path):
 
 
 def test_the_runner_rejects_bad_arguments():
-    run = subprocess.run([sys.executable, str(ROOT / "tools" / "run_notebooks.py"), "--jobs", "0", "nowhere.ipynb"],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "run_notebooks.py"), "--jobs", "0", "nowhere.ipynb"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 2 and "--jobs must be a positive integer, got 0" in run.stderr
 
 
@@ -91,6 +104,7 @@ def test_the_runner_rejects_bad_arguments():
 def repo(tmp_path):
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, timeout=60)
+
     git("init", "-q")
     (tmp_path / ".gitignore").write_text("*.pt\n_build/\n")
     (tmp_path / "kept.py").write_text("a = 1\n")
@@ -105,12 +119,15 @@ def test_tree_guard_passes_an_untouched_tree_with_local_changes(repo):
     assert tree_guard.main(["check"], root=repo) == 0
 
 
-@pytest.mark.parametrize("mischief, named", [
-    (lambda r: (r / "x").write_text(""), "added:   x"),
-    (lambda r: (r / "model.pt").write_bytes(b"0"), "added:   model.pt"),  # ignored files count too
-    (lambda r: (r / "kept.py").write_text("a = 3\n"), "changed: kept.py"),
-    (lambda r: (r / "kept.py").unlink(), "kept.py"),
-])
+@pytest.mark.parametrize(
+    "mischief, named",
+    [
+        (lambda r: (r / "x").write_text(""), "added:   x"),
+        (lambda r: (r / "model.pt").write_bytes(b"0"), "added:   model.pt"),  # ignored files count too
+        (lambda r: (r / "kept.py").write_text("a = 3\n"), "changed: kept.py"),
+        (lambda r: (r / "kept.py").unlink(), "kept.py"),
+    ],
+)
 def test_tree_guard_names_what_a_run_wrote(repo, capsys, mischief, named):
     assert tree_guard.main(["snapshot"], root=repo) == 0
     mischief(repo)
@@ -176,7 +193,26 @@ def test_nbval_cell_timeout_fires_and_names_the_cell(tmp_path):
     # The notebook tests rely on nbval's per-cell timeout (the Makefile's --nbval-cell-timeout); see it fire.
     nb = write_notebook(tmp_path / "slow.ipynb", "x = 1", "import time\ntime.sleep(120)", "print(2)")
     start = time.monotonic()
-    run = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "--nbval-cell-timeout=5",
-                          "-p", "no:cacheprovider", str(nb)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--nbval-lax",
+            "--nbval-current-env",
+            "--nbval-cell-timeout=5",
+            "-p",
+            "no:cacheprovider",
+            str(nb),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert time.monotonic() - start < 100
-    assert run.returncode == 1 and "slow.ipynb::Cell 1" in run.stdout and "Timeout of 5 seconds exceeded" in run.stdout
+    assert (
+        run.returncode == 1
+        and "slow.ipynb::Cell 1" in run.stdout
+        and "Timeout of 5 seconds exceeded" in run.stdout
+    )

@@ -1,12 +1,13 @@
 """The static-site explorer: every state drawn once, controls linked on the client side and in Python."""
+
 import matplotlib
 
 matplotlib.use("Agg")
-import ipywidgets as widgets  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import pytest
 
-from companion.viz import MAX_EXPLORER_STATES, explorer  # noqa: E402
+from companion.viz import MAX_EXPLORER_STATES, explorer
 
 
 def draw(calls):
@@ -15,6 +16,7 @@ def draw(calls):
         fig, ax = plt.subplots(figsize=(2, 1.5))
         ax.plot([0, 1], [0, scale] if shape == "line" else [scale, scale])
         return fig
+
     return render
 
 
@@ -47,16 +49,19 @@ def test_start_picks_the_first_state():
     assert ex.controls["scale"].index == 1
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"controls": {}}, "non-empty dict"),
-    ({"controls": {"scale": []}}, "non-empty list"),
-    ({"controls": {"scale": "abc"}}, "non-empty list"),
-    ({"controls": {"scale": [1, 1]}}, "repeats a value"),
-    ({"controls": {"not a name": [1]}}, "identifiers"),
-    ({"controls": {"scale": list(range(MAX_EXPLORER_STATES + 1)), "shape": ["line"]}}, "states"),
-    ({"alt": ""}, "alt must be"),
-    ({"start": {"scale": 9}}, "start="),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"controls": {}}, "non-empty dict"),
+        ({"controls": {"scale": []}}, "non-empty list"),
+        ({"controls": {"scale": "abc"}}, "non-empty list"),
+        ({"controls": {"scale": [1, 1]}}, "repeats a value"),
+        ({"controls": {"not a name": [1]}}, "identifiers"),
+        ({"controls": {"scale": list(range(MAX_EXPLORER_STATES + 1)), "shape": ["line"]}}, "states"),
+        ({"alt": ""}, "alt must be"),
+        ({"start": {"scale": 9}}, "start="),
+    ],
+)
 def test_bad_arguments_are_named(kwargs, message):
     arguments = {"controls": {"scale": [1, 2], "shape": ["line"]}, "alt": "x", **kwargs}
     with pytest.raises(ValueError, match=message):

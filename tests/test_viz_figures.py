@@ -1,16 +1,17 @@
 """The figure helpers the chapters call (companion.viz): each draws what it is given, on the axis given,
 and refuses input that would draw something else; and the run-time note of each chapter's opening."""
+
 from __future__ import annotations
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display in tests; the pages use the inline backend
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import pytest
+import torch
 
-from companion.viz import curves, grouped_bars, matrix_image, ran_on, stacked_bars  # noqa: E402
+from companion.viz import curves, grouped_bars, matrix_image, ran_on, stacked_bars
 
 
 @pytest.fixture
@@ -26,8 +27,16 @@ def lines_by_label(ax):
 
 def test_curves_take_values_pairs_and_dicts(ax):
     out = curves(
-        {"values": [3, 1, 2], "pair": ([10, 20], [5, 6]), "dict": {2: 0.5, 4: 0.25}, "tensor": torch.tensor([1.0, 0.0])},
-        ax=ax, title="t", xlabel="x", ylabel="y",
+        {
+            "values": [3, 1, 2],
+            "pair": ([10, 20], [5, 6]),
+            "dict": {2: 0.5, 4: 0.25},
+            "tensor": torch.tensor([1.0, 0.0]),
+        },
+        ax=ax,
+        title="t",
+        xlabel="x",
+        ylabel="y",
     )
     assert out is ax
     got = lines_by_label(ax)
@@ -39,9 +48,16 @@ def test_curves_take_values_pairs_and_dicts(ax):
 
 
 def test_curves_shared_x_log_scales_reference_lines_and_styles(ax):
-    curves({"a": [1, 10, 100], "b": [2, 20, 200]}, x=[1, 2, 4], log="xy", ax=ax,
-           styles={"a": "o--", "b": {"lw": 0.6}}, hlines={"chance": 0.5}, vlines={"_edge": 3.5},
-           ylim=(0.1, 1000))
+    curves(
+        {"a": [1, 10, 100], "b": [2, 20, 200]},
+        x=[1, 2, 4],
+        log="xy",
+        ax=ax,
+        styles={"a": "o--", "b": {"lw": 0.6}},
+        hlines={"chance": 0.5},
+        vlines={"_edge": 3.5},
+        ylim=(0.1, 1000),
+    )
     got = lines_by_label(ax)
     assert got["a"][0] == [1, 2, 4] and got["b"][1] == [2, 20, 200]
     line_a = next(line for line in ax.get_lines() if line.get_label() == "a")

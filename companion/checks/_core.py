@@ -1,11 +1,12 @@
 """What every exercise checker shares: calling the learner's code, comparing, and naming the mistake."""
+
 from __future__ import annotations
 
 import inspect
 import numbers
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -57,7 +58,7 @@ class Checker:
         self.name = name
         self.passed = CheckResult(False)
 
-    def __enter__(self) -> "Checker":
+    def __enter__(self) -> Checker:
         return self
 
     def __exit__(self, kind, error, tb) -> bool:
@@ -88,7 +89,8 @@ class Checker:
                 raise NotYetImplemented(str(error)) from None
             raise NotYetImplemented(
                 f"{caller} calls {frame.f_code.co_name}(), which is still a stub (it raises "
-                f"NotImplementedError): write {frame.f_code.co_name} first") from None
+                f"NotImplementedError): write {frame.f_code.co_name} first"
+            ) from None
 
     @contextmanager
     def explain(self, errors: Mapping[str, str]) -> Iterator[None]:
@@ -109,8 +111,10 @@ class Checker:
         """Fail with modules' hint when the learner runs one of these modules whole: the exercise is to
         build what it computes from its parts."""
         used: list[str] = []
-        handles = [module.register_forward_pre_hook(lambda *_, hint=hint: used.append(hint))
-                   for module, hint in modules.items()]
+        handles = [
+            module.register_forward_pre_hook(lambda *_, hint=hint: used.append(hint))
+            for module, hint in modules.items()
+        ]
         try:
             yield
         finally:
@@ -132,7 +136,9 @@ class Checker:
         if tuple(got.shape) != tuple(shape):
             self.fail(f"{what} has shape {tuple(got.shape)}, expected {tuple(shape)}. {hint}".rstrip())
 
-    def expect_dtype(self, got: Tensor, dtype: torch.dtype, what: str = "your result", hint: str = "") -> None:
+    def expect_dtype(
+        self, got: Tensor, dtype: torch.dtype, what: str = "your result", hint: str = ""
+    ) -> None:
         self.expect_tensor(got, what)
         if got.dtype != dtype:
             self.fail(f"{what} has dtype {got.dtype}, expected {dtype}. {hint}".rstrip())
@@ -170,9 +176,11 @@ class Checker:
         got = got.detach()
         if got.dtype != expected.dtype:
             right = torch.allclose(got.to(expected.dtype), expected, atol=atol, rtol=rtol)
-            self.fail(f"{what} has dtype {got.dtype}, expected {expected.dtype}"
-                      + ("; its values are right, so only the dtype needs fixing" if right else "")
-                      + ". Keep the inputs' dtype: avoid .double(), .half() and tensors built without a dtype")
+            self.fail(
+                f"{what} has dtype {got.dtype}, expected {expected.dtype}"
+                + ("; its values are right, so only the dtype needs fixing" if right else "")
+                + ". Keep the inputs' dtype: avoid .double(), .half() and tensors built without a dtype"
+            )
         if torch.allclose(got, expected, atol=atol, rtol=rtol):
             return
         for hint, wrong in (mistakes or {}).items():
@@ -185,17 +193,24 @@ class Checker:
             inf_got, inf_expected = torch.isinf(got), torch.isinf(expected)
             if (inf_expected & ~inf_got).any():
                 at = tuple(int(i) for i in (inf_expected & ~inf_got).nonzero()[0])
-                if (got[inf_expected & ~inf_got] * expected[inf_expected & ~inf_got] > 0).all() and \
-                        (got[inf_expected & ~inf_got].abs() >= 1e4).all():
-                    self.fail(f"{what} is {got[at].item():.4g} at index {at}, where the reference has "
-                              f"{expected[at].item()}: use float('-inf'), not a large finite number, so the "
-                              "entry is exactly excluded whatever the other values are")
-                self.fail(f"{what} is {got[at].item():.4g} at index {at}, where the reference has "
-                          f"{expected[at].item()}: a position that should be dropped or masked is kept")
+                if (got[inf_expected & ~inf_got] * expected[inf_expected & ~inf_got] > 0).all() and (
+                    got[inf_expected & ~inf_got].abs() >= 1e4
+                ).all():
+                    self.fail(
+                        f"{what} is {got[at].item():.4g} at index {at}, where the reference has "
+                        f"{expected[at].item()}: use float('-inf'), not a large finite number, so the "
+                        "entry is exactly excluded whatever the other values are"
+                    )
+                self.fail(
+                    f"{what} is {got[at].item():.4g} at index {at}, where the reference has "
+                    f"{expected[at].item()}: a position that should be dropped or masked is kept"
+                )
             if (inf_got & ~inf_expected).any():
                 at = tuple(int(i) for i in (inf_got & ~inf_expected).nonzero()[0])
-                self.fail(f"{what} is {got[at].item()} at index {at}, where the reference has "
-                          f"{expected[at].item():.4g}: a position that should be kept is masked or dropped")
+                self.fail(
+                    f"{what} is {got[at].item()} at index {at}, where the reference has "
+                    f"{expected[at].item():.4g}: a position that should be kept is masked or dropped"
+                )
             same = (got == expected) | (torch.isnan(got) & torch.isnan(expected))
             diff = torch.where(same, torch.zeros_like(got), (got - expected).abs())
         else:

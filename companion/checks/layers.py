@@ -1,5 +1,6 @@
 """Checkers for the chapter 4 exercises (residual connections and LayerNorm): each compares with the
 companion and names the likely mistake."""
+
 from __future__ import annotations
 
 import torch
@@ -9,7 +10,11 @@ from ..layers import FeedForward, LayerNorm, RMSNorm
 from ._core import Checker, random_tensor
 
 __all__ = [
-    "check_layer_norm", "check_rms_norm", "check_batch_norm_tokens", "check_residual", "check_feed_forward",
+    "check_layer_norm",
+    "check_rms_norm",
+    "check_batch_norm_tokens",
+    "check_residual",
+    "check_feed_forward",
     "check_dropout",
 ]
 
@@ -18,7 +23,9 @@ EPS = 0.1  # large on purpose, so putting eps in the wrong place changes the ans
 
 
 def _x(seed: int) -> Tensor:
-    return random_tensor(B, S, D, seed=seed) * 2 + 0.5  # off-centre and wider than 1, so centring and scaling matter
+    return (
+        random_tensor(B, S, D, seed=seed) * 2 + 0.5
+    )  # off-centre and wider than 1, so centring and scaling matter
 
 
 def _normalise(x: Tensor, dims, eps: float, unbiased: bool = False) -> Tensor:
@@ -40,24 +47,39 @@ def check_layer_norm(fn) -> bool:
             expected = reference(x)
         mean, var = x.mean(-1, keepdim=True), x.var(-1, keepdim=True, unbiased=False)
         affine = lambda t: t * weight + bias  # noqa: E731
-        c.diagnose(got, expected, {
-            "you normalised over seq (dim 1); LayerNorm normalises each token over its own features (dim -1)":
-                affine(_normalise(x, 1, EPS)),
-            "you normalised over the batch (dim 0): that is BatchNorm's axis; LayerNorm uses each token's features (dim -1)":
-                affine(_normalise(x, 0, EPS)),
-            "you normalised over seq and d_model together; each token gets its own mean and variance (dim -1 only)":
-                affine(_normalise(x, (1, 2), EPS)),
-            "you used the unbiased variance (divide by d_model - 1); LayerNorm divides by d_model (unbiased=False)":
-                affine(_normalise(x, -1, EPS, unbiased=True)),
-            "eps is added outside the square root; it belongs inside: sqrt(var + eps)":
-                affine((x - mean) / (var.sqrt() + EPS)),
-            "you divided by the variance, not by its square root (the standard deviation)":
-                affine((x - mean) / (var + EPS)),
-            "the mean is not subtracted: centre each token before dividing": affine(x / torch.sqrt(var + EPS)),
-            "weight and bias are not applied: multiply by weight, then add bias": _normalise(x, -1, EPS),
-            "weight and bias are swapped: it is normalised * weight + bias": _normalise(x, -1, EPS) * bias + weight,
-            "eps is ignored: add it to the variance before the square root": affine((x - mean) / var.sqrt()),
-        })
+        c.diagnose(
+            got,
+            expected,
+            {
+                "you normalised over seq (dim 1); LayerNorm normalises each token over its own features (dim -1)": affine(
+                    _normalise(x, 1, EPS)
+                ),
+                "you normalised over the batch (dim 0): that is BatchNorm's axis; LayerNorm uses each token's features (dim -1)": affine(
+                    _normalise(x, 0, EPS)
+                ),
+                "you normalised over seq and d_model together; each token gets its own mean and variance (dim -1 only)": affine(
+                    _normalise(x, (1, 2), EPS)
+                ),
+                "you used the unbiased variance (divide by d_model - 1); LayerNorm divides by d_model (unbiased=False)": affine(
+                    _normalise(x, -1, EPS, unbiased=True)
+                ),
+                "eps is added outside the square root; it belongs inside: sqrt(var + eps)": affine(
+                    (x - mean) / (var.sqrt() + EPS)
+                ),
+                "you divided by the variance, not by its square root (the standard deviation)": affine(
+                    (x - mean) / (var + EPS)
+                ),
+                "the mean is not subtracted: centre each token before dividing": affine(
+                    x / torch.sqrt(var + EPS)
+                ),
+                "weight and bias are not applied: multiply by weight, then add bias": _normalise(x, -1, EPS),
+                "weight and bias are swapped: it is normalised * weight + bias": _normalise(x, -1, EPS) * bias
+                + weight,
+                "eps is ignored: add it to the variance before the square root": affine(
+                    (x - mean) / var.sqrt()
+                ),
+            },
+        )
     return c.passed
 
 
@@ -72,23 +94,36 @@ def check_rms_norm(fn) -> bool:
             reference.weight.copy_(weight)
             expected = reference(x)
         ms = x.pow(2).mean(-1, keepdim=True)
-        c.diagnose(got, expected, {
-            "you subtracted the mean: that is LayerNorm; RMSNorm only divides by the root mean square":
-                _normalise(x, -1, EPS) * weight,
-            "you took the mean square over seq (dim 1); use each token's own features (dim -1)":
-                x / torch.sqrt(x.pow(2).mean(1, keepdim=True) + EPS) * weight,
-            "you divided by the mean square, not its square root": x / (ms + EPS) * weight,
-            "eps is added outside the square root; it belongs inside: sqrt(mean(x^2) + eps)":
-                x / (ms.sqrt() + EPS) * weight,
-            "weight is not applied: multiply the normalised x by weight": x / torch.sqrt(ms + EPS),
-            "you multiplied by the root mean square instead of dividing by it": x * torch.sqrt(ms + EPS) * weight,
-            "you summed the squares; RMSNorm takes their mean over d_model, mean(x^2)":
-                x / torch.sqrt(x.pow(2).sum(-1, keepdim=True) + EPS) * weight,
-            "eps is ignored: add it to the mean square before the square root, sqrt(mean(x^2) + eps)":
-                x / ms.sqrt() * weight,
-            "you divided by the standard deviation (centred): RMSNorm divides by sqrt(mean(x^2) + eps) of x itself":
-                x / torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + EPS) * weight,
-        })
+        c.diagnose(
+            got,
+            expected,
+            {
+                "you subtracted the mean: that is LayerNorm; RMSNorm only divides by the root mean square": _normalise(
+                    x, -1, EPS
+                )
+                * weight,
+                "you took the mean square over seq (dim 1); use each token's own features (dim -1)": x
+                / torch.sqrt(x.pow(2).mean(1, keepdim=True) + EPS)
+                * weight,
+                "you divided by the mean square, not its square root": x / (ms + EPS) * weight,
+                "eps is added outside the square root; it belongs inside: sqrt(mean(x^2) + eps)": x
+                / (ms.sqrt() + EPS)
+                * weight,
+                "weight is not applied: multiply the normalised x by weight": x / torch.sqrt(ms + EPS),
+                "you multiplied by the root mean square instead of dividing by it": x
+                * torch.sqrt(ms + EPS)
+                * weight,
+                "you summed the squares; RMSNorm takes their mean over d_model, mean(x^2)": x
+                / torch.sqrt(x.pow(2).sum(-1, keepdim=True) + EPS)
+                * weight,
+                "eps is ignored: add it to the mean square before the square root, sqrt(mean(x^2) + eps)": x
+                / ms.sqrt()
+                * weight,
+                "you divided by the standard deviation (centred): RMSNorm divides by sqrt(mean(x^2) + eps) of x itself": x
+                / torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + EPS)
+                * weight,
+            },
+        )
     return c.passed
 
 
@@ -101,22 +136,29 @@ def check_batch_norm_tokens(fn) -> bool:
         with torch.no_grad():
             bn = nn.BatchNorm1d(D, eps=EPS, affine=False).train()
             expected = bn(x.transpose(1, 2)).transpose(1, 2)
-        c.diagnose(got, expected, {
-            "you normalised each token over its features: that is LayerNorm. BatchNorm normalises each feature "
-            "over the batch (and, for tokens, over seq too)": _normalise(x, -1, EPS),
-            "you normalised over the batch only, so each position has its own statistics; BatchNorm for tokens "
-            "pools batch and seq (dims 0 and 1)": _normalise(x, 0, EPS),
-            "you normalised over seq only, one sequence at a time (that is InstanceNorm); pool batch and seq":
-                _normalise(x, 1, EPS),
-            "you used the unbiased variance; in training mode BatchNorm normalises with the biased one":
-                _normalise(x, (0, 1), EPS, unbiased=True),
-            "eps is ignored: add it to the variance before the square root":
-                _normalise(x, (0, 1), 0.0),
-            "eps is added outside the square root; it belongs inside: sqrt(var + eps)":
-                (x - x.mean((0, 1), keepdim=True)) / (x.var((0, 1), keepdim=True, unbiased=False).sqrt() + EPS),
-            "the mean is not subtracted: centre each feature before dividing":
-                x / torch.sqrt(x.var((0, 1), keepdim=True, unbiased=False) + EPS),
-        })
+        c.diagnose(
+            got,
+            expected,
+            {
+                "you normalised each token over its features: that is LayerNorm. BatchNorm normalises each feature "
+                "over the batch (and, for tokens, over seq too)": _normalise(x, -1, EPS),
+                "you normalised over the batch only, so each position has its own statistics; BatchNorm for tokens "
+                "pools batch and seq (dims 0 and 1)": _normalise(x, 0, EPS),
+                "you normalised over seq only, one sequence at a time (that is InstanceNorm); pool batch and seq": _normalise(
+                    x, 1, EPS
+                ),
+                "you used the unbiased variance; in training mode BatchNorm normalises with the biased one": _normalise(
+                    x, (0, 1), EPS, unbiased=True
+                ),
+                "eps is ignored: add it to the variance before the square root": _normalise(x, (0, 1), 0.0),
+                "eps is added outside the square root; it belongs inside: sqrt(var + eps)": (
+                    x - x.mean((0, 1), keepdim=True)
+                )
+                / (x.var((0, 1), keepdim=True, unbiased=False).sqrt() + EPS),
+                "the mean is not subtracted: centre each feature before dividing": x
+                / torch.sqrt(x.var((0, 1), keepdim=True, unbiased=False) + EPS),
+            },
+        )
     return c.passed
 
 
@@ -145,25 +187,38 @@ def check_residual(fn) -> bool:
             f, ln = sublayer, norm
             pre, post = x + f(ln(x)), ln(x + f(x))
             variants = {
-                "pre": (pre, {
-                    "this is post-norm, LN(x + F(x)); pre-norm normalises the sub-layer's input: x + F(LN(x))": post,
-                    "the skip connection is missing: pre-norm returns x + F(LN(x)), not F(LN(x))": f(ln(x)),
-                    "the skip carries LN(x); it must carry x itself, unnormalised: x + F(LN(x))": ln(x) + f(ln(x)),
-                    "the norm is not applied: x + F(LN(x))": x + f(x),
-                    "you normalised the sum as well, LN(x + F(LN(x))); pre-norm leaves the sum alone (the stack's "
-                    "final norm comes once, after the last block)": ln(x + f(ln(x))),
-                }),
-                "post": (post, {
-                    "this is pre-norm, x + F(LN(x)); post-norm normalises after the sum: LN(x + F(x))": pre,
-                    "the skip connection is missing: post-norm returns LN(x + F(x)), not LN(F(x))": ln(f(x)),
-                    "the norm sits on the sub-layer's output only; post-norm normalises the sum: LN(x + F(x))":
-                        x + ln(f(x)),
-                    "the norm is not applied: LN(x + F(x))": x + f(x),
-                    "the sub-layer reads LN(x): post-norm feeds x itself to the sub-layer and normalises the sum, "
-                    "LN(x + F(x))": ln(x + f(ln(x))),
-                    "you normalised x before adding, LN(x) + F(x); post-norm normalises the sum, LN(x + F(x))":
-                        ln(x) + f(x),
-                }),
+                "pre": (
+                    pre,
+                    {
+                        "this is post-norm, LN(x + F(x)); pre-norm normalises the sub-layer's input: x + F(LN(x))": post,
+                        "the skip connection is missing: pre-norm returns x + F(LN(x)), not F(LN(x))": f(
+                            ln(x)
+                        ),
+                        "the skip carries LN(x); it must carry x itself, unnormalised: x + F(LN(x))": ln(x)
+                        + f(ln(x)),
+                        "the norm is not applied: x + F(LN(x))": x + f(x),
+                        "you normalised the sum as well, LN(x + F(LN(x))); pre-norm leaves the sum alone (the stack's "
+                        "final norm comes once, after the last block)": ln(x + f(ln(x))),
+                    },
+                ),
+                "post": (
+                    post,
+                    {
+                        "this is pre-norm, x + F(LN(x)); post-norm normalises after the sum: LN(x + F(x))": pre,
+                        "the skip connection is missing: post-norm returns LN(x + F(x)), not LN(F(x))": ln(
+                            f(x)
+                        ),
+                        "the norm sits on the sub-layer's output only; post-norm normalises the sum: LN(x + F(x))": x
+                        + ln(f(x)),
+                        "the norm is not applied: LN(x + F(x))": x + f(x),
+                        "the sub-layer reads LN(x): post-norm feeds x itself to the sub-layer and normalises the sum, "
+                        "LN(x + F(x))": ln(x + f(ln(x))),
+                        "you normalised x before adding, LN(x) + F(x); post-norm normalises the sum, LN(x + F(x))": ln(
+                            x
+                        )
+                        + f(x),
+                    },
+                ),
             }
         for placement, (expected, mistakes) in variants.items():
             got = c.call(fn, x, sublayer, norm, placement)
@@ -178,21 +233,31 @@ def check_feed_forward(fn) -> bool:
             torch.manual_seed(51)
             ff = FeedForward(D, 4 * D, activation="gelu").eval()
         x = _x(52)
-        with c.forbid({ff: "you ran the block itself, ff(x); the exercise is to write it from ff.up, ff.act "
-                           "and ff.down"}):
+        with c.forbid(
+            {
+                ff: "you ran the block itself, ff(x); the exercise is to write it from ff.up, ff.act "
+                "and ff.down"
+            }
+        ):
             got = c.call(fn, x, ff)
         with torch.no_grad():
             expected = ff(x)
             mistakes = {
-                "the activation is missing: without it the block is one linear map, d_model -> d_model":
-                    ff.down(ff.up(x)),
-                "the activation comes after the down projection; it belongs between up and down":
-                    ff.act(ff.down(ff.up(x))),
-                "there is an extra activation after the down projection: the output must be able to go negative":
-                    ff.act(ff.down(ff.act(ff.up(x)))),
-                "you used ReLU; use the block's own activation, ff.act (GELU here)": ff.down(torch.relu(ff.up(x))),
-                "the activation comes before the up projection; it belongs between up and down":
-                    ff.down(ff.up(ff.act(x))),
+                "the activation is missing: without it the block is one linear map, d_model -> d_model": ff.down(
+                    ff.up(x)
+                ),
+                "the activation comes after the down projection; it belongs between up and down": ff.act(
+                    ff.down(ff.up(x))
+                ),
+                "there is an extra activation after the down projection: the output must be able to go negative": ff.act(
+                    ff.down(ff.act(ff.up(x)))
+                ),
+                "you used ReLU; use the block's own activation, ff.act (GELU here)": ff.down(
+                    torch.relu(ff.up(x))
+                ),
+                "the activation comes before the up projection; it belongs between up and down": ff.down(
+                    ff.up(ff.act(x))
+                ),
                 "there is a skip connection inside: the block returns down(act(up(x))); the residual is added "
                 "around it, outside": x + ff.down(ff.act(ff.up(x))),
             }
@@ -210,21 +275,39 @@ def check_dropout(fn) -> bool:
         p = 0.25
         keep = noise >= p
         got = c.call(fn, x, p, noise, True)
-        c.diagnose(got, x * keep / (1 - p), {
-            "the kept values are not rescaled: divide them by 1 - p so the expected output equals x": x * keep,
-            "you multiplied the kept values by 1 - p; divide by it instead": x * keep * (1 - p),
-            "you dropped with probability 1 - p: p is the probability of dropping, so zero where noise < p":
-                x * ~keep / p,
-            "you dropped with probability 1 - p and scaled by 1 / (1 - p)": x * ~keep / (1 - p),
-            "nothing is dropped: zero the entries where noise < p": x / (1 - p),
-            "where noise < p you left x as it is; dropped entries must be 0": torch.where(keep, x / (1 - p), x),
-            "you kept the entries where noise < 1 - p: the same rate, but the exercise keeps noise >= p":
-                x * (noise < 1 - p) / (1 - p),
-        }, what="your training-mode output")
+        c.diagnose(
+            got,
+            x * keep / (1 - p),
+            {
+                "the kept values are not rescaled: divide them by 1 - p so the expected output equals x": x
+                * keep,
+                "you multiplied the kept values by 1 - p; divide by it instead": x * keep * (1 - p),
+                "you dropped with probability 1 - p: p is the probability of dropping, so zero where noise < p": x
+                * ~keep
+                / p,
+                "you dropped with probability 1 - p and scaled by 1 / (1 - p)": x * ~keep / (1 - p),
+                "nothing is dropped: zero the entries where noise < p": x / (1 - p),
+                "where noise < p you left x as it is; dropped entries must be 0": torch.where(
+                    keep, x / (1 - p), x
+                ),
+                "you kept the entries where noise < 1 - p: the same rate, but the exercise keeps noise >= p": x
+                * (noise < 1 - p)
+                / (1 - p),
+            },
+            what="your training-mode output",
+        )
         got = c.call(fn, x, p, noise, False)
-        c.diagnose(got, x, {
-            "dropout is still applied in eval mode: when not training, return x unchanged": x * keep / (1 - p),
-            "in eval mode you scaled x by 1 - p; with inverted dropout eval mode returns x unchanged": x * (1 - p),
-            "in eval mode you still zeroed entries: when not training, return x unchanged": x * keep,
-        }, what="your eval-mode output")
+        c.diagnose(
+            got,
+            x,
+            {
+                "dropout is still applied in eval mode: when not training, return x unchanged": x
+                * keep
+                / (1 - p),
+                "in eval mode you scaled x by 1 - p; with inverted dropout eval mode returns x unchanged": x
+                * (1 - p),
+                "in eval mode you still zeroed entries: when not training, return x unchanged": x * keep,
+            },
+            what="your eval-mode output",
+        )
     return c.passed

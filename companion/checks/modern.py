@@ -1,6 +1,7 @@
 """Checkers for the chapter 8 (from GPT-2 to today's decoders) exercises: SwiGLU, the pre-RMSNorm block,
 repeat-KV for grouped-query attention, a Llama layer's parameter count, one BPE merge step and the BPE
 encode loop, each compared with the companion and the mistake named."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -16,8 +17,12 @@ from ..layers import SwiGLU
 from ._core import Checker, random_tensor
 
 __all__ = [
-    "check_swiglu", "check_rms_norm_block", "check_repeat_kv", "check_llama_layer_parameters",
-    "check_bpe_merge_step", "check_bpe_encode",
+    "check_swiglu",
+    "check_rms_norm_block",
+    "check_repeat_kv",
+    "check_llama_layer_parameters",
+    "check_bpe_merge_step",
+    "check_bpe_encode",
 ]
 
 B, S, D, FF = 2, 5, 12, 20  # batch, seq, d_model, d_ff: all different, so a swapped axis shows
@@ -32,8 +37,8 @@ def check_swiglu(fn) -> bool:
     w2 (d_model, d_ff) are weight matrices as nn.Linear stores them (out, in)."""
     with Checker("check_swiglu") as c:
         x = random_tensor(B, S, D, seed=1)
-        w1, w3 = random_tensor(FF, D, seed=2) / D ** 0.5, random_tensor(FF, D, seed=3) / D ** 0.5
-        w2 = random_tensor(D, FF, seed=4) / FF ** 0.5
+        w1, w3 = random_tensor(FF, D, seed=2) / D**0.5, random_tensor(FF, D, seed=3) / D**0.5
+        w2 = random_tensor(D, FF, seed=4) / FF**0.5
         got = c.call(fn, x, w1, w3, w2)
         reference = SwiGLU(D, FF)
         with torch.no_grad():
@@ -41,19 +46,38 @@ def check_swiglu(fn) -> bool:
                 layer.weight.copy_(weight)
             expected = reference(x)
         gate, value = x @ w1.T, x @ w3.T
-        c.diagnose(got, expected, {
-            "SiLU is applied to the value (w3 x); it belongs on the gate: SiLU(w1 x) * w3 x":
-                (gate * F.silu(value)) @ w2.T,
-            "SiLU is applied to both halves; only the gate w1 x goes through it": (F.silu(gate) * F.silu(value)) @ w2.T,
-            "there is no SiLU: the gate is w1 x passed through SiLU before the product": (gate * value) @ w2.T,
-            "you used a sigmoid gate (GLU); SwiGLU's gate is SiLU(z) = z * sigmoid(z)":
-                (torch.sigmoid(gate) * value) @ w2.T,
-            "you used GELU; SwiGLU's gate is SiLU (Swish), z * sigmoid(z)": (F.gelu(gate) * value) @ w2.T,
-            "the gate and the value are added; SwiGLU multiplies them element-wise": (F.silu(gate) + value) @ w2.T,
-            "w3 is not used: the plain SiLU MLP is w2(SiLU(w1 x)); SwiGLU multiplies by w3 x first":
-                F.silu(gate) @ w2.T,
-            "SiLU is applied after w2; it acts on the gate, w1 x, before the product": F.silu((gate * value) @ w2.T),
-        })
+        c.diagnose(
+            got,
+            expected,
+            {
+                "SiLU is applied to the value (w3 x); it belongs on the gate: SiLU(w1 x) * w3 x": (
+                    gate * F.silu(value)
+                )
+                @ w2.T,
+                "SiLU is applied to both halves; only the gate w1 x goes through it": (
+                    F.silu(gate) * F.silu(value)
+                )
+                @ w2.T,
+                "there is no SiLU: the gate is w1 x passed through SiLU before the product": (gate * value)
+                @ w2.T,
+                "you used a sigmoid gate (GLU); SwiGLU's gate is SiLU(z) = z * sigmoid(z)": (
+                    torch.sigmoid(gate) * value
+                )
+                @ w2.T,
+                "you used GELU; SwiGLU's gate is SiLU (Swish), z * sigmoid(z)": (F.gelu(gate) * value) @ w2.T,
+                "the gate and the value are added; SwiGLU multiplies them element-wise": (
+                    F.silu(gate) + value
+                )
+                @ w2.T,
+                "w3 is not used: the plain SiLU MLP is w2(SiLU(w1 x)); SwiGLU multiplies by w3 x first": F.silu(
+                    gate
+                )
+                @ w2.T,
+                "SiLU is applied after w2; it acts on the gate, w1 x, before the product": F.silu(
+                    (gate * value) @ w2.T
+                ),
+            },
+        )
     return c.passed
 
 
@@ -94,24 +118,32 @@ def check_rms_norm_block(fn) -> bool:
             mistakes = {
                 "you centred each token (subtracted its mean): that is LayerNorm; RMSNorm only divides by "
                 "sqrt(mean(x^2) + eps)": block(layer(w1), layer(w2)),
-                "this is post-norm, RMSNorm(x + F(x)); Llama normalises before each sub-layer: x + F(RMSNorm(x))":
-                    block(rms1, rms2, post=True),
-                "weight1 and weight2 are swapped: weight1 belongs to the norm before attention":
-                    block(lambda t: _rms(t, w2, EPS), lambda t: _rms(t, w1, EPS)),
-                "the feed-forward norm uses weight1; each sub-layer has its own norm, weight2 for the feed-forward":
-                    block(rms1, rms1),
-                "the skip connection around attention is missing: h = x + attention(RMSNorm1(x))":
-                    block(rms1, rms2, skip1=False),
-                "the skip connection around the feed-forward is missing: out = h + feed_forward(RMSNorm2(h))":
-                    block(rms1, rms2, skip2=False),
-                "eps is added outside the square root; it belongs inside: sqrt(mean(x^2) + eps)":
-                    block(lambda t: t / (t.pow(2).mean(-1, keepdim=True).sqrt() + EPS) * w1,
-                          lambda t: t / (t.pow(2).mean(-1, keepdim=True).sqrt() + EPS) * w2),
-                "the norm's weight is not applied: multiply the normalised x by weight1 (and weight2)":
-                    block(lambda t: _rms(t, 1.0, EPS), lambda t: _rms(t, 1.0, EPS)),
-                "the mean square is taken over seq (dim 1); each token is normalised over its own features (dim -1)":
-                    block(lambda t: t * torch.rsqrt(t.pow(2).mean(1, keepdim=True) + EPS) * w1,
-                          lambda t: t * torch.rsqrt(t.pow(2).mean(1, keepdim=True) + EPS) * w2),
+                "this is post-norm, RMSNorm(x + F(x)); Llama normalises before each sub-layer: x + F(RMSNorm(x))": block(
+                    rms1, rms2, post=True
+                ),
+                "weight1 and weight2 are swapped: weight1 belongs to the norm before attention": block(
+                    lambda t: _rms(t, w2, EPS), lambda t: _rms(t, w1, EPS)
+                ),
+                "the feed-forward norm uses weight1; each sub-layer has its own norm, weight2 for the feed-forward": block(
+                    rms1, rms1
+                ),
+                "the skip connection around attention is missing: h = x + attention(RMSNorm1(x))": block(
+                    rms1, rms2, skip1=False
+                ),
+                "the skip connection around the feed-forward is missing: out = h + feed_forward(RMSNorm2(h))": block(
+                    rms1, rms2, skip2=False
+                ),
+                "eps is added outside the square root; it belongs inside: sqrt(mean(x^2) + eps)": block(
+                    lambda t: t / (t.pow(2).mean(-1, keepdim=True).sqrt() + EPS) * w1,
+                    lambda t: t / (t.pow(2).mean(-1, keepdim=True).sqrt() + EPS) * w2,
+                ),
+                "the norm's weight is not applied: multiply the normalised x by weight1 (and weight2)": block(
+                    lambda t: _rms(t, 1.0, EPS), lambda t: _rms(t, 1.0, EPS)
+                ),
+                "the mean square is taken over seq (dim 1); each token is normalised over its own features (dim -1)": block(
+                    lambda t: t * torch.rsqrt(t.pow(2).mean(1, keepdim=True) + EPS) * w1,
+                    lambda t: t * torch.rsqrt(t.pow(2).mean(1, keepdim=True) + EPS) * w2,
+                ),
                 "the feed-forward reads RMSNorm2(x), the block's input; it reads the stream after attention, "
                 "RMSNorm2(h)": (x + attention(rms1(x))) + ff(rms2(x)),
             }
@@ -130,14 +162,23 @@ def check_repeat_kv(fn) -> bool:
         x = random_tensor(B, kv_heads, S, d_head, seed=9)
         got = c.call(fn, x, groups)
         expected = repeat_kv(x, groups)
-        c.expect_shape(got, tuple(expected.shape), "your result",
-                       hint="Only the heads axis grows, from kv_heads to kv_heads * groups.")
-        c.diagnose(got, expected, {
-            "the kv heads are tiled (0, 1, 0, 1, ...), not repeated in place (0, 0, 0, 1, 1, 1): query head h "
-            "reads kv head h // groups, so repeat each head `groups` times in a row (repeat_interleave, or "
-            "einops '(kv_heads groups)')":
-                repeat(x, "batch kv_heads seq d_head -> batch (groups kv_heads) seq d_head", groups=groups),
-        })
+        c.expect_shape(
+            got,
+            tuple(expected.shape),
+            "your result",
+            hint="Only the heads axis grows, from kv_heads to kv_heads * groups.",
+        )
+        c.diagnose(
+            got,
+            expected,
+            {
+                "the kv heads are tiled (0, 1, 0, 1, ...), not repeated in place (0, 0, 0, 1, 1, 1): query head h "
+                "reads kv head h // groups, so repeat each head `groups` times in a row (repeat_interleave, or "
+                "einops '(kv_heads groups)')": repeat(
+                    x, "batch kv_heads seq d_head -> batch (groups kv_heads) seq d_head", groups=groups
+                ),
+            },
+        )
     return c.passed
 
 
@@ -164,27 +205,36 @@ def check_llama_layer_parameters(fn) -> bool:
 def _name_count_mistake(c: Checker, got: dict, expected: dict, cases: list) -> None:
     """Fail with the hint of the first typical miscount that gives every one of the learner's counts."""
     mistakes = {
-        "k and v are full width; with grouped-query attention each is d_model x (kv_heads * d_head)":
-            lambda d, h, kv, f: 4 * d * d + 3 * d * f + 2 * d,
-        "the feed-forward has two matrices here; SwiGLU has three (w1, w3, w2), each d_model x d_ff":
-            lambda d, h, kv, f: _reference_llama_layer(d, h, kv, f) - d * f,
-        "the RMSNorm weights are missing: two norms of d_model weights each":
-            lambda d, h, kv, f: _reference_llama_layer(d, h, kv, f) - 2 * d,
-        "you counted a bias in each norm; RMSNorm has a weight only":
-            lambda d, h, kv, f: _reference_llama_layer(d, h, kv, f) + 2 * d,
-        "you counted biases in the linear layers; Llama's have none":
-            lambda d, h, kv, f: _reference_llama_layer(d, h, kv, f) + 2 * d + 2 * kv * (d // h) + 2 * f + d,
-        "k and v are kv_heads wide, not kv_heads * d_head: each kv head is d_head features":
-            lambda d, h, kv, f: 2 * d * d + 2 * d * kv + 3 * d * f + 2 * d,
-        "only one of k and v is counted at kv_heads * d_head; both are":
-            lambda d, h, kv, f: 2 * d * d + d * kv * (d // h) + 3 * d * f + 2 * d,
+        "k and v are full width; with grouped-query attention each is d_model x (kv_heads * d_head)": lambda d, h, kv, f: (
+            4 * d * d + 3 * d * f + 2 * d
+        ),
+        "the feed-forward has two matrices here; SwiGLU has three (w1, w3, w2), each d_model x d_ff": lambda d, h, kv, f: (
+            _reference_llama_layer(d, h, kv, f) - d * f
+        ),
+        "the RMSNorm weights are missing: two norms of d_model weights each": lambda d, h, kv, f: (
+            _reference_llama_layer(d, h, kv, f) - 2 * d
+        ),
+        "you counted a bias in each norm; RMSNorm has a weight only": lambda d, h, kv, f: (
+            _reference_llama_layer(d, h, kv, f) + 2 * d
+        ),
+        "you counted biases in the linear layers; Llama's have none": lambda d, h, kv, f: (
+            _reference_llama_layer(d, h, kv, f) + 2 * d + 2 * kv * (d // h) + 2 * f + d
+        ),
+        "k and v are kv_heads wide, not kv_heads * d_head: each kv head is d_head features": lambda d, h, kv, f: (
+            2 * d * d + 2 * d * kv + 3 * d * f + 2 * d
+        ),
+        "only one of k and v is counted at kv_heads * d_head; both are": lambda d, h, kv, f: (
+            2 * d * d + d * kv * (d // h) + 3 * d * f + 2 * d
+        ),
     }
     for hint, count in mistakes.items():
         if all(got[case] == count(*case) for case in cases):
             c.fail(hint)
     worst = next(case for case in cases if got[case] != expected[case])
-    c.fail(f"for d_model, heads, kv_heads, d_ff = {worst} your count is {got[worst]:,}, expected "
-           f"{expected[worst]:,}; add up q, k, v, out, w1, w3, w2 and the two norms")
+    c.fail(
+        f"for d_model, heads, kv_heads, d_ff = {worst} your count is {got[worst]:,}, expected "
+        f"{expected[worst]:,}; add up q, k, v, out, w1, w3, w2 and the two norms"
+    )
 
 
 # ---------------------------------------------------------------- BPE: one merge step
@@ -207,7 +257,7 @@ def _best(counts: Counter, tie_larger: bool = False):
 def _merge_first_only(ids, pair, new_id):
     for i in range(len(ids) - 1):
         if (ids[i], ids[i + 1]) == pair:
-            return ids[:i] + [new_id] + ids[i + 2:]
+            return ids[:i] + [new_id] + ids[i + 2 :]
     return list(ids)
 
 
@@ -223,7 +273,11 @@ def check_bpe_merge_step(fn) -> bool:
     with Checker("check_bpe_merge_step") as c:
         cases = [
             # the last of one piece and the first of the next, (4, 1), would win if pieces were joined
-            ([[1, 2], [4], [1, 9], [4], [1, 3], [4], [1, 5], [2, 3], [2, 3]], [1, 1, 1, 1, 1, 1, 1, 1, 1], 302),
+            (
+                [[1, 2], [4], [1, 9], [4], [1, 3], [4], [1, 5], [2, 3], [2, 3]],
+                [1, 1, 1, 1, 1, 1, 1, 1, 1],
+                302,
+            ),
             # (1, 2) occurs 2 * 5 = 10 times, (2, 3) 4 times, but in more pieces
             ([[1, 2, 1, 2], [2, 3], [2, 3, 4], [2, 3, 9], [2, 3], [5, 6]], [5, 1, 1, 1, 1, 1], 300),
             # a tie between (7, 7) and (8, 7), each 6 times; (7, 7, 7) merges as (new, 7)
@@ -244,20 +298,24 @@ def check_bpe_merge_step(fn) -> bool:
                     "pairs 5 times)": _best(_count_pairs(pieces, [1] * len(pieces))),
                     "you counted pairs across pieces (the last id of one and the first of the next); pairs never "
                     "cross a piece boundary": _best(_count_pairs(joined, [1])),
-                    "on a tie you took the larger pair; take the smaller one, min(...), as the companion does":
-                        _best(counts, tie_larger=True),
+                    "on a tie you took the larger pair; take the smaller one, min(...), as the companion does": _best(
+                        counts, tie_larger=True
+                    ),
                 }
                 for hint, wrong_pair in wrong.items():
                     if tuple(pair) == wrong_pair and wrong_pair != expected_pair:
                         c.fail(hint)
-                c.fail(f"the pair is {tuple(pair)}; the most frequent pair is {expected_pair}, "
-                       f"{counts[expected_pair]} times")
+                c.fail(
+                    f"the pair is {tuple(pair)}; the most frequent pair is {expected_pair}, "
+                    f"{counts[expected_pair]} times"
+                )
             expected = [merge(p, expected_pair, new_id) for p in pieces]
             new_pieces = [list(p) for p in new_pieces]
             if new_pieces != expected:
                 wrong = {
-                    "only the first occurrence in each piece is merged; replace every one, left to right":
-                        [_merge_first_only(p, expected_pair, new_id) for p in pieces],
+                    "only the first occurrence in each piece is merged; replace every one, left to right": [
+                        _merge_first_only(p, expected_pair, new_id) for p in pieces
+                    ],
                     "overlapping pairs are merged from the right; read each piece left to right, so (7, 7, 7) "
                     "becomes (new, 7)": [_merge_right_to_left(p, expected_pair, new_id) for p in pieces],
                 }
@@ -283,12 +341,10 @@ def _encode_leftmost(piece: bytes, merges) -> list[int]:
     while True:
         for i, pair in enumerate(zip(ids, ids[1:])):
             if pair in merges:
-                ids = ids[:i] + [merges[pair]] + ids[i + 2:]
+                ids = ids[:i] + [merges[pair]] + ids[i + 2 :]
                 break
         else:
             return ids
-
-
 
 
 def _encode_one_pass(piece: bytes, merges) -> list[int]:
@@ -321,14 +377,21 @@ def check_bpe_encode(fn) -> bool:
             wrong = {
                 "you started from the characters' code points (ord); start from the piece's UTF-8 bytes, "
                 "list(piece.encode('utf-8')): 'ï' is two bytes": _encode_loop_from(
-                    [ord(ch) for ch in piece], merges) if all(ord(ch) < 256 for ch in piece) else None,
+                    [ord(ch) for ch in piece], merges
+                )
+                if all(ord(ch) < 256 for ch in piece)
+                else None,
                 "you merged the leftmost pair that has a merge; merge the pair learnt first (the smallest new "
                 "id) wherever it is": _encode_leftmost(data, merges),
                 "you merged the pair learnt last first; the earliest merge (smallest new id) goes first, as in "
                 "training": _encode_loop_from(data, merges, pick=max),
-                "you applied only one merge; repeat until no adjacent pair has a merge": _encode_one_pass(data, merges),
+                "you applied only one merge; repeat until no adjacent pair has a merge": _encode_one_pass(
+                    data, merges
+                ),
             }
-            matches = [hint for hint, wrong_ids in wrong.items() if wrong_ids is not None and got == wrong_ids]
+            matches = [
+                hint for hint, wrong_ids in wrong.items() if wrong_ids is not None and got == wrong_ids
+            ]
             if len(matches) == 1:  # a piece on which two mistakes give the same ids names neither
                 c.fail(matches[0])
         if first_wrong:

@@ -1,5 +1,6 @@
 """A right answer to every exercise, written as a learner would (mostly with the companion's own
 functions): each checker must accept it, and the mutation suites derive wrong answers from it."""
+
 import math
 
 import torch
@@ -17,12 +18,17 @@ from companion.training import lr_at, mask_tokens, mean_pool
 
 # ---------------------------------------------------------------- chapter 1
 def mlp_parameter_count(vocab, window, d_model, d_hidden):
-    return vocab * d_model + window * d_model * d_hidden + d_hidden + d_hidden * window * vocab + window * vocab
+    return (
+        vocab * d_model + window * d_model * d_hidden + d_hidden + d_hidden * window * vocab + window * vocab
+    )
 
 
 def rnn_step(x, h, w_xh, w_hh, bias):
-    return torch.tanh(einsum(x, w_xh, "batch d_in, d_model d_in -> batch d_model")
-        + einsum(h, w_hh, "batch d_prev, d_model d_prev -> batch d_model") + bias)
+    return torch.tanh(
+        einsum(x, w_xh, "batch d_in, d_model d_in -> batch d_model")
+        + einsum(h, w_hh, "batch d_prev, d_model d_prev -> batch d_model")
+        + bias
+    )
 
 
 def recall_batch(batch, length, distance, vocab, seed=0):
@@ -162,11 +168,15 @@ def greedy_with_cache(model, prompt_ids, max_new_tokens):
 
 # ---------------------------------------------------------------- chapter 7
 def my_mask_tokens(ids, mask_id, vocab_size, special_ids, generator):
-    return mask_tokens(ids, mask_id=mask_id, vocab_size=vocab_size, special_ids=special_ids, generator=generator)
+    return mask_tokens(
+        ids, mask_id=mask_id, vocab_size=vocab_size, special_ids=special_ids, generator=generator
+    )
 
 
 def my_next_token_loss(logits, ids, pad_id):
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), ignore_index=pad_id)
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), ignore_index=pad_id
+    )
 
 
 def my_lr_schedule(step, max_lr, warmup_steps, total_steps, min_lr):
@@ -226,17 +236,39 @@ ANSWERS = {
 
 # Checkers whose exercise returns one tensor the later code uses as is: its shape and dtype must match.
 TENSOR_RESULTS = [
-    "check_causal_conv1d", "check_rnn_step", "check_attention_scores", "check_attention_weights", "check_causal_mask",
-    "check_scaled_dot_product", "check_sliding_window_mask", "check_split_heads", "check_merge_heads",
-    "check_multi_head_attention", "check_one_hot_embedding", "check_sinusoidal_table", "check_offset_rotation",
-    "check_rotary", "check_layer_norm", "check_rms_norm", "check_batch_norm_tokens", "check_residual",
-    "check_feed_forward", "check_dropout", "check_encoder_block", "check_decoder_block",
-    "check_next_token_probabilities", "check_greedy_decode", "check_incremental_attention", "check_top_k",
-    "check_top_p", "check_temperature", "check_greedy_with_cache", "check_pool_and_classify",
+    "check_causal_conv1d",
+    "check_rnn_step",
+    "check_attention_scores",
+    "check_attention_weights",
+    "check_causal_mask",
+    "check_scaled_dot_product",
+    "check_sliding_window_mask",
+    "check_split_heads",
+    "check_merge_heads",
+    "check_multi_head_attention",
+    "check_one_hot_embedding",
+    "check_sinusoidal_table",
+    "check_offset_rotation",
+    "check_rotary",
+    "check_layer_norm",
+    "check_rms_norm",
+    "check_batch_norm_tokens",
+    "check_residual",
+    "check_feed_forward",
+    "check_dropout",
+    "check_encoder_block",
+    "check_decoder_block",
+    "check_next_token_probabilities",
+    "check_greedy_decode",
+    "check_incremental_attention",
+    "check_top_k",
+    "check_top_p",
+    "check_temperature",
+    "check_greedy_with_cache",
+    "check_pool_and_classify",
 ]
 # Checkers whose exercise returns a count.
 COUNT_RESULTS = ["check_mlp_parameter_count", "check_receptive_field", "check_layer_parameters"]
-
 
 
 # ---------------------------------------------------------------- chapter 8
@@ -247,6 +279,7 @@ def swiglu(x, w1, w3, w2):
 def rms_norm_block(x, attention, feed_forward, weight1, weight2, eps):
     def rms(t, weight):
         return t / torch.sqrt(t.pow(2).mean(dim=-1, keepdim=True) + eps) * weight
+
     h = x + attention(rms(x, weight1))
     return h + feed_forward(rms(h, weight2))
 
@@ -280,13 +313,15 @@ def bpe_encode(piece, merges):
     return ids
 
 
-ANSWERS.update({
-    "check_swiglu": swiglu,
-    "check_rms_norm_block": rms_norm_block,
-    "check_repeat_kv": repeat_kv_heads,
-    "check_llama_layer_parameters": llama_layer_parameters,
-    "check_bpe_merge_step": bpe_merge_step,
-    "check_bpe_encode": bpe_encode,
-})
+ANSWERS.update(
+    {
+        "check_swiglu": swiglu,
+        "check_rms_norm_block": rms_norm_block,
+        "check_repeat_kv": repeat_kv_heads,
+        "check_llama_layer_parameters": llama_layer_parameters,
+        "check_bpe_merge_step": bpe_merge_step,
+        "check_bpe_encode": bpe_encode,
+    }
+)
 TENSOR_RESULTS += ["check_swiglu", "check_rms_norm_block", "check_repeat_kv"]
 COUNT_RESULTS += ["check_llama_layer_parameters"]

@@ -1,4 +1,5 @@
 """Chapter 2 checkers (attention): typical wrong answers, each rejected with the hint that names it."""
+
 import math
 
 import pytest
@@ -27,6 +28,7 @@ def attention_weights(scores, mask=None):
 def _mha(x, mha, causal, layout="(heads d_head)", qkv="kv"):
     def split(t):
         return rearrange(t, f"batch seq {layout} -> batch heads seq d_head", heads=mha.heads)
+
     q = split(mha.to_q(x))
     k = q if qkv == "q" else split(mha.to_k(x))
     v = q if qkv == "q" else split(x) if qkv == "x" else split(mha.to_v(x))
@@ -38,6 +40,8 @@ def _scores(q, k):
     return einsum(q, k, SCORES) / math.sqrt(q.shape[-1])
 
 
+# One wrong answer per line: a table, not code for the formatter to wrap.
+# fmt: off
 @pytest.mark.parametrize(
     "checker, wrong, hint",
     [
@@ -112,22 +116,28 @@ def _scores(q, k):
 def test_checker_rejects_typical_mistake(checker, wrong, hint):
     with pytest.raises(CheckFailed, match=hint.replace("(", r"\(").replace(")", r"\)")):
         checker(wrong)
+# fmt: on
 
 
 def test_checker_rejects_one_full_width_head():
     def one_head(x, mha, causal=False):
-        q, k, v = (rearrange(l(x), "batch seq d_model -> batch 1 seq d_model") for l in (mha.to_q, mha.to_k, mha.to_v))
+        q, k, v = (
+            rearrange(project(x), "batch seq d_model -> batch 1 seq d_model")
+            for project in (mha.to_q, mha.to_k, mha.to_v)
+        )
         out = scaled_dot_product_attention(q, k, v, causal=causal, fused=False)
         return mha.to_out(out[:, 0])
+
     with pytest.raises(CheckFailed, match="one full-width head"):
         checks.check_multi_head_attention(one_head)
 
 
 def test_checker_rejects_missing_output_projection():
     def no_out(x, mha, causal=False):
-        q, k, v = (rearrange(l(x), SPLIT, heads=mha.heads) for l in (mha.to_q, mha.to_k, mha.to_v))
+        q, k, v = (
+            rearrange(project(x), SPLIT, heads=mha.heads) for project in (mha.to_q, mha.to_k, mha.to_v)
+        )
         return rearrange(scaled_dot_product_attention(q, k, v, causal=causal), MERGE)
+
     with pytest.raises(CheckFailed, match="to_out is missing"):
         checks.check_multi_head_attention(no_out)
-
-

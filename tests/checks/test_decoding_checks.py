@@ -8,7 +8,6 @@ from companion.attention import causal_mask, scaled_dot_product_attention
 from companion.checks import CheckFailed
 from companion.checks import decoding as checks
 from companion.decoding import filter_top_k, filter_top_p
-
 from reference_answers import greedy_with_cache
 
 
@@ -25,8 +24,11 @@ def append_at_zero(cache, k, v):
 
 def append_without_length(cache, k, v):
     n = k.shape[2]
-    cache.keys[:, :, cache.length:cache.length + n], cache.values[:, :, cache.length:cache.length + n] = k, v
-    return cache.keys[:, :, :cache.length + n], cache.values[:, :, :cache.length + n]
+    cache.keys[:, :, cache.length : cache.length + n], cache.values[:, :, cache.length : cache.length + n] = (
+        k,
+        v,
+    )
+    return cache.keys[:, :, : cache.length + n], cache.values[:, :, : cache.length + n]
 
 
 def append_whole_buffer(cache, k, v):
@@ -36,9 +38,12 @@ def append_whole_buffer(cache, k, v):
 
 def append_batch_count(cache, k, v):
     n = k.shape[2]
-    cache.keys[:, :, cache.length:cache.length + n], cache.values[:, :, cache.length:cache.length + n] = k, v
+    cache.keys[:, :, cache.length : cache.length + n], cache.values[:, :, cache.length : cache.length + n] = (
+        k,
+        v,
+    )
     cache.length += k.shape[0]
-    return cache.keys[:, :, :cache.length], cache.values[:, :, :cache.length]
+    return cache.keys[:, :, : cache.length], cache.values[:, :, : cache.length]
 
 
 def append_keys_twice(cache, k, v):
@@ -48,22 +53,29 @@ def append_keys_twice(cache, k, v):
 
 def append_replace(cache, k, v):
     n = k.shape[2]
-    cache.keys[:, :, cache.length:cache.length + n], cache.values[:, :, cache.length:cache.length + n] = k, v
+    cache.keys[:, :, cache.length : cache.length + n], cache.values[:, :, cache.length : cache.length + n] = (
+        k,
+        v,
+    )
     cache.length += n
     keys, values = cache.stored()
-    return torch.cat([torch.zeros_like(keys[:, :, :-n]), k], 2), torch.cat([torch.zeros_like(values[:, :, :-n]), v], 2)
+    return torch.cat([torch.zeros_like(keys[:, :, :-n]), k], 2), torch.cat(
+        [torch.zeros_like(values[:, :, :-n]), v], 2
+    )
 
 
 def append_outside_the_buffer(cache, k, v):
     """Right answers kept in a side list: the preallocated buffer is never written."""
-    cache.side = [torch.cat([cache.side[i], t], 2) for i, t in enumerate((k, v))] if hasattr(cache, "side") else [k, v]
+    cache.side = (
+        [torch.cat([cache.side[i], t], 2) for i, t in enumerate((k, v))] if hasattr(cache, "side") else [k, v]
+    )
     cache.length += k.shape[2]
     return tuple(cache.side)
 
 
 def top_left_attention(q, k, v):
     mask = torch.zeros(q.shape[2], k.shape[2], dtype=torch.bool)
-    mask[:, :q.shape[2]] = causal_mask(q.shape[2])
+    mask[:, : q.shape[2]] = causal_mask(q.shape[2])
     return scaled_dot_product_attention(q, k, v, mask)
 
 
@@ -123,7 +135,7 @@ def masked_with_zero(q, k, v):
 
 
 def nucleus_not_scattered(logits, p):
-    sorted_logits, order = logits.sort(-1, descending=True)
+    sorted_logits, _ = logits.sort(-1, descending=True)
     probs = sorted_logits.softmax(-1)
     return logits.masked_fill(probs.cumsum(-1) - probs >= p, float("-inf"))
 
@@ -160,7 +172,7 @@ def greedy_cache_for_the_prompt_only(model, prompt, n):
 def greedy_prompt_token_by_token(model, prompt, n):
     caches = new_caches(model.config, prompt.shape[0], prompt.shape[1] + n)
     for i in range(prompt.shape[1] - 1):
-        model(prompt[:, i:i + 1], caches=caches, start_pos=i)
+        model(prompt[:, i : i + 1], caches=caches, start_pos=i)
     ids, fed = prompt, prompt.shape[1] - 1
     for _ in range(n):
         logits = model(ids[:, fed:], caches=caches, start_pos=fed)
@@ -179,6 +191,8 @@ def greedy_one_call_too_many(model, prompt, n):
     return ids
 
 
+# One wrong answer per line: a table, not code for the formatter to wrap.
+# fmt: off
 @pytest.mark.parametrize(
     "checker, wrong, hint",
     [
@@ -254,6 +268,7 @@ def greedy_one_call_too_many(model, prompt, n):
 def test_checker_rejects_typical_mistake(checker, wrong, hint):
     with pytest.raises(CheckFailed, match=hint.replace("(", r"\(").replace(")", r"\)")):
         checker(wrong)
+# fmt: on
 
 
 def test_top_p_checker_names_an_empty_row():
@@ -261,15 +276,19 @@ def test_top_p_checker_names_an_empty_row():
         out = filter_top_p(logits, p)
         out[0] = float("-inf")
         return out
+
     with pytest.raises(CheckFailed, match="keeps no token"):
         checks.check_top_p(empty_first_row)
 
 
-@pytest.mark.parametrize("right", [
-    lambda m, p, n: generate(m, p, n),
-    lambda m, p, n: _greedy_through(m.forward, m, p, n),
-    lambda m, p, n: _greedy_through(lambda ids, **kw: m.head(m.hidden_states(ids, **kw)), m, p, n),
-])
+@pytest.mark.parametrize(
+    "right",
+    [
+        lambda m, p, n: generate(m, p, n),
+        lambda m, p, n: _greedy_through(m.forward, m, p, n),
+        lambda m, p, n: _greedy_through(lambda ids, **kw: m.head(m.hidden_states(ids, **kw)), m, p, n),
+    ],
+)
 def test_greedy_with_cache_accepts_other_right_ways(right):
     assert checks.check_greedy_with_cache(right)
 

@@ -1,4 +1,5 @@
 """Chapter 4 checkers (layers): typical wrong answers, each rejected with the hint that names it."""
+
 import pytest
 import torch
 
@@ -37,6 +38,8 @@ def test_checkers_leave_the_global_random_state_alone():
     torch.testing.assert_close(torch.rand(3), expected)
 
 
+# One wrong answer per line: a table, not code for the formatter to wrap.
+# fmt: off
 @pytest.mark.parametrize(
     "checker, wrong, hint",
     [
@@ -105,3 +108,4 @@ def test_checkers_leave_the_global_random_state_alone():
 def test_checker_rejects_typical_mistake(checker, wrong, hint):
     with pytest.raises(CheckFailed, match=hint.replace("(", r"\(").replace(")", r"\)")):
         checker(wrong)
+# fmt: on

@@ -1,4 +1,5 @@
 """Chapter 5 checkers (models): typical wrong answers, each rejected with the hint that names it."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,15 +8,21 @@ from companion.checks import CheckFailed
 from companion.checks import models as checks
 from companion.layers import LayerNorm
 
-
 # Reference answers, and one typical wrong answer per hint.
+
 
 def _norms(block, norms):
     """The norms an encoder block's answer uses: its own ("own"), or a typical mix-up."""
     a, f = block.attention_norm, block.feed_forward_norm
     plain = lambda t: F.layer_norm(t, t.shape[-1:])  # noqa: E731
-    return {"own": (a, f), "first": (a, a), "last": (f, f), "swapped": (f, a), "plain": (plain, plain),
-            "fresh": (LayerNorm(a.weight.shape[0]), LayerNorm(a.weight.shape[0]))}[norms]
+    return {
+        "own": (a, f),
+        "first": (a, a),
+        "last": (f, f),
+        "swapped": (f, a),
+        "plain": (plain, plain),
+        "fresh": (LayerNorm(a.weight.shape[0]), LayerNorm(a.weight.shape[0])),
+    }[norms]
 
 
 def encoder_block(x, block, pre=False, residual=True, norm=True, swap=False, norms="own"):
@@ -30,10 +37,20 @@ def encoder_block(x, block, pre=False, residual=True, norm=True, swap=False, nor
     return x
 
 
-def decoder_block(x, memory, block, self_causal=True, cross_memory=True, cross_causal=False, cross_first=False,
-                  norms=(0, 1, 2)):
+def decoder_block(
+    x,
+    memory,
+    block,
+    self_causal=True,
+    cross_memory=True,
+    cross_causal=False,
+    cross_first=False,
+    norms=(0, 1, 2),
+):
     own = (block.attention_norm, block.cross_attention_norm, block.feed_forward_norm)
-    n1, n2, n3 = [lambda t: F.layer_norm(t, t.shape[-1:])] * 3 if norms == "plain" else [own[i] for i in norms]
+    n1, n2, n3 = (
+        [lambda t: F.layer_norm(t, t.shape[-1:])] * 3 if norms == "plain" else [own[i] for i in norms]
+    )
 
     def self_part(h):
         return n1(h + block.attention(h, causal=self_causal))
@@ -51,14 +68,17 @@ def next_token_probabilities(hidden, embedding, position=-1, dim=-1, final="soft
     return {"softmax": logits.softmax(dim), "none": logits, "log": logits.log_softmax(dim)}[final]
 
 
-def layer_parameters(d_model, d_ff, cross, bias=True, norms=True, projections=4, ff_bias=True, cross_attn=True,
-                     cross_norm=True):
+def layer_parameters(
+    d_model, d_ff, cross, bias=True, norms=True, projections=4, ff_bias=True, cross_attn=True, cross_norm=True
+):
     attention = projections * (d_model**2 + (d_model if bias else 0))
     feed_forward = 2 * d_model * d_ff + ((d_ff + d_model) if bias and ff_bias else 0)
     norm = 2 * d_model if norms else 0
     if not cross:
         return attention + feed_forward + 2 * norm
-    return (2 if cross_attn else 1) * attention + feed_forward + (3 if cross_norm and cross_attn else 2) * norm
+    return (
+        (2 if cross_attn else 1) * attention + feed_forward + (3 if cross_norm and cross_attn else 2) * norm
+    )
 
 
 def _count(d, f, cross, **mistake):
@@ -69,7 +89,9 @@ def _greedy_newest_only(model, src, length, start_id):
     memory = model.encode(src)
     target = torch.full((src.shape[0], 1), start_id)
     for _ in range(length):
-        target = torch.cat([target, model.decode(target[:, -1:], memory)[:, -1].argmax(-1, keepdim=True)], dim=1)
+        target = torch.cat(
+            [target, model.decode(target[:, -1:], memory)[:, -1].argmax(-1, keepdim=True)], dim=1
+        )
     return target[:, 1:]
 
 
@@ -79,7 +101,9 @@ def greedy(model, src, length, start_id, position=-1, keep_start=False, feed_bac
         return model.decode(torch.full((src.shape[0], length), start_id), memory).argmax(-1)
     target = torch.full((src.shape[0], 1), start_id)
     for _ in range(length):
-        target = torch.cat([target, model.decode(target, memory)[:, position].argmax(-1, keepdim=True)], dim=1)
+        target = torch.cat(
+            [target, model.decode(target, memory)[:, position].argmax(-1, keepdim=True)], dim=1
+        )
     return target if keep_start else target[:, 1:]
 
 
@@ -87,6 +111,8 @@ def with_(fn, **kwargs):
     return lambda *args: fn(*args, **kwargs)
 
 
+# One wrong answer per line: a table, not code for the formatter to wrap.
+# fmt: off
 @pytest.mark.parametrize(
     "checker, wrong, hint",
     [
@@ -150,5 +176,4 @@ def with_(fn, **kwargs):
 def test_checker_rejects_typical_mistake(checker, wrong, hint):
     with pytest.raises(CheckFailed, match=hint.replace("(", r"\(").replace(")", r"\)")):
         checker(wrong)
-
-
+# fmt: on

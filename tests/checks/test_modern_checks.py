@@ -1,15 +1,16 @@
 """Chapter 8 checkers (modern decoders): typical wrong answers, each rejected with the hint that names it."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from einops import repeat
-from reference_answers import bpe_encode, bpe_merge_step, llama_layer_parameters, rms_norm_block
 
 from companion.bpe import merge
 from companion.checks import CheckFailed
 from companion.checks import modern as checks
+from reference_answers import bpe_encode, bpe_merge_step, llama_layer_parameters, rms_norm_block
 
 
 def _rms(t, w, eps, dim=-1):
@@ -33,8 +34,12 @@ def _counts(pieces, freqs):
     return counts
 
 
-def _merge_step(pieces, freqs, new_id, *, weighted=True, joined=False, larger=False, first_only=False, from_right=False):
-    counts = _counts([sum(pieces, [])] if joined else pieces, [1] if joined else (freqs if weighted else [1] * len(pieces)))
+def _merge_step(
+    pieces, freqs, new_id, *, weighted=True, joined=False, larger=False, first_only=False, from_right=False
+):
+    counts = _counts(
+        [sum(pieces, [])] if joined else pieces, [1] if joined else (freqs if weighted else [1] * len(pieces))
+    )
     top = max(counts.values())
     pair = (max if larger else min)(p for p, n in counts.items() if n == top)
 
@@ -42,11 +47,12 @@ def _merge_step(pieces, freqs, new_id, *, weighted=True, joined=False, larger=Fa
         if first_only:
             for i in range(len(ids) - 1):
                 if (ids[i], ids[i + 1]) == pair:
-                    return ids[:i] + [new_id] + ids[i + 2:]
+                    return ids[:i] + [new_id] + ids[i + 2 :]
             return ids
         if from_right:
             return merge(ids[::-1], pair[::-1], new_id)[::-1]
         return merge(ids, pair, new_id)
+
     return pair, [apply(list(p)) for p in pieces]
 
 
@@ -58,7 +64,7 @@ def _encode(piece, merges, *, start=None, leftmost=False, latest=False, once=Fal
             break
         if leftmost:
             i, pair = present[0]
-            ids = ids[:i] + [merges[pair]] + ids[i + 2:]
+            ids = ids[:i] + [merges[pair]] + ids[i + 2 :]
         else:
             pair = (max if latest else min)((p for _, p in present), key=merges.get)
             ids = merge(ids, pair, merges[pair])
@@ -74,6 +80,8 @@ def _params(d, h, kv, f, *, kv_width=None, ff_mats=3, norms=2, biases=False):
     return count + (3 * d + 2 * kv * d_head + 2 * f if biases else 0)
 
 
+# One wrong answer per line: a table, not code for the formatter to wrap.
+# fmt: off
 @pytest.mark.parametrize(
     "checker, wrong, hint",
     [
@@ -127,6 +135,7 @@ def _params(d, h, kv, f, *, kv_width=None, ff_mats=3, norms=2, biases=False):
 def test_checker_names_the_mistake(checker, wrong, hint):
     with pytest.raises(CheckFailed, match=hint):
         checker(wrong)
+# fmt: on
 
 
 def test_the_merge_step_may_change_the_pieces_in_place():
@@ -134,17 +143,20 @@ def test_the_merge_step_may_change_the_pieces_in_place():
         pair, merged = bpe_merge_step(pieces, freqs, new_id)
         pieces[:] = merged
         return pair, pieces
+
     assert checks.check_bpe_merge_step(in_place)
 
 
 def test_encoding_by_applying_each_merge_in_rank_order_is_also_right():
     """Merging pair after pair in the order they were learnt gives the same ids as the lowest-rank-first
     loop (a merge only ever makes pairs learnt later), so the checker accepts it."""
+
     def rank_order(piece, merges):
         ids = list(piece.encode("utf-8"))
         for pair, new_id in merges.items():
             ids = merge(ids, pair, new_id)
         return ids
+
     assert checks.check_bpe_encode(rank_order)
 
 

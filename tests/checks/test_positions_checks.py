@@ -1,4 +1,5 @@
 """Chapter 3 checkers (positions): typical wrong answers, each rejected with the hint that names it."""
+
 import math
 
 import pytest
@@ -38,12 +39,14 @@ def rotation(offset, d, transpose=False, exponent=2.0, halves=False, base=10000.
     return m
 
 
-def rotary(x, positions, base=10000.0, exponent=2.0, sign=1.0, neox=False, ignore_positions=False, halves_out=False):
+def rotary(
+    x, positions, base=10000.0, exponent=2.0, sign=1.0, neox=False, ignore_positions=False, halves_out=False
+):
     d = x.shape[-1]
     positions = torch.arange(x.shape[-2]) if ignore_positions else positions
     angle = sign * positions[:, None].float() * base ** (-exponent * torch.arange(d // 2) / d)[None, :]
     if neox:
-        x1, x2 = x[..., : d // 2], x[..., d // 2:]
+        x1, x2 = x[..., : d // 2], x[..., d // 2 :]
         return torch.cat([x1 * angle.cos() - x2 * angle.sin(), x1 * angle.sin() + x2 * angle.cos()], -1)
     even, odd = x[..., 0::2], x[..., 1::2]
     out = torch.stack([even * angle.cos() - odd * angle.sin(), even * angle.sin() + odd * angle.cos()], -1)
@@ -52,6 +55,8 @@ def rotary(x, positions, base=10000.0, exponent=2.0, sign=1.0, neox=False, ignor
     return rearrange(out, "... half two -> ... (half two)")
 
 
+# One wrong answer per line: a table, not code for the formatter to wrap.
+# fmt: off
 @pytest.mark.parametrize(
     "checker, wrong, hint",
     [
@@ -105,3 +110,4 @@ def rotary(x, positions, base=10000.0, exponent=2.0, sign=1.0, neox=False, ignor
 def test_checker_rejects_typical_mistake(checker, wrong, hint):
     with pytest.raises(CheckFailed, match=hint):
         checker(wrong)
+# fmt: on

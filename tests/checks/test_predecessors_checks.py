@@ -1,4 +1,5 @@
 """Chapter 1 checkers (predecessors): typical wrong answers, each rejected with the hint that names it."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,12 +12,17 @@ from companion.predecessors import causal_conv1d
 
 
 def mlp_count(vocab, window, d_model, d_hidden):
-    return vocab * d_model + window * d_model * d_hidden + d_hidden + d_hidden * window * vocab + window * vocab
+    return (
+        vocab * d_model + window * d_model * d_hidden + d_hidden + d_hidden * window * vocab + window * vocab
+    )
 
 
 def rnn_reference(x, h, w_xh, w_hh, b):
-    return torch.tanh(einsum(x, w_xh, "batch d_in, d_model d_in -> batch d_model")
-        + einsum(h, w_hh, "batch d_prev, d_model d_prev -> batch d_model") + b)
+    return torch.tanh(
+        einsum(x, w_xh, "batch d_in, d_model d_in -> batch d_model")
+        + einsum(h, w_hh, "batch d_prev, d_model d_prev -> batch d_model")
+        + b
+    )
 
 
 def recall_reference(batch, length, distance, vocab, seed):
@@ -79,6 +85,8 @@ def _recall_ignores_seed(batch, length, distance, vocab, seed):
     return recall_task(batch, length, distance, vocab, seed=0)
 
 
+# One wrong answer per line: a table, not code for the formatter to wrap.
+# fmt: off
 @pytest.mark.parametrize("checker, wrong, hint", [
     (checks.check_mlp_parameter_count, lambda v, w, d, h: mlp_count(v, w, d, h) - h - w * v, "left out the biases"),
     (checks.check_mlp_parameter_count, lambda v, w, d, h: mlp_count(v, w, d, h) - v * d, "embedding table"),
@@ -133,3 +141,4 @@ def _recall_ignores_seed(batch, length, distance, vocab, seed):
 def test_checker_rejects_typical_mistake(checker, wrong, hint):
     with pytest.raises(CheckFailed, match=hint):
         checker(wrong)
+# fmt: on

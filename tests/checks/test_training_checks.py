@@ -1,4 +1,5 @@
 """Chapter 7 checkers (training): typical wrong answers, each rejected with the hint that names it."""
+
 import math
 
 import pytest
@@ -15,11 +16,15 @@ def _pool(hidden, keep, head):
 
 
 def _masking(ids, mask_id, vocab_size, special_ids, generator):
-    return mask_tokens(ids, mask_id=mask_id, vocab_size=vocab_size, special_ids=special_ids, generator=generator)
+    return mask_tokens(
+        ids, mask_id=mask_id, vocab_size=vocab_size, special_ids=special_ids, generator=generator
+    )
 
 
 def _loss(logits, ids, pad_id):
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), ignore_index=pad_id)
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), ignore_index=pad_id
+    )
 
 
 def _ppl(losses, counts):
@@ -30,24 +35,47 @@ def _lr(step, max_lr, warmup_steps, total_steps, min_lr):
     return lr_at(step, max_lr=max_lr, warmup_steps=warmup_steps, total_steps=total_steps, min_lr=min_lr)
 
 
-def _mask_variant(select=0.15, probs=(0.8, 0.1), specials_ok=False, labels_everywhere=False, labels_from_input=False,
-                  random_from_all=False, no_generator=False, hard_coded=False, ignore=IGNORE_INDEX, independent=False,
-                  label_dtype=None, corrupt_unselected=False, labels_shifted=False):
+def _mask_variant(
+    select=0.15,
+    probs=(0.8, 0.1),
+    specials_ok=False,
+    labels_everywhere=False,
+    labels_from_input=False,
+    random_from_all=False,
+    no_generator=False,
+    hard_coded=False,
+    ignore=IGNORE_INDEX,
+    independent=False,
+    label_dtype=None,
+    corrupt_unselected=False,
+    labels_shifted=False,
+):
     """BERT masking with one typical mistake switched on; hard_coded types in the notebook's ids (0, 1, 2)."""
+
     def fn(ids, mask_id, vocab_size, special_ids, generator):
         if hard_coded:
             mask_id, special_ids = 1, (0, 2)
         g = None if no_generator else generator
         draw = lambda: torch.rand(ids.shape, generator=g)  # noqa: E731
-        ordinary = torch.ones_like(ids, dtype=torch.bool) if specials_ok else ~torch.isin(ids, torch.tensor(list(special_ids)))
+        ordinary = (
+            torch.ones_like(ids, dtype=torch.bool)
+            if specials_ok
+            else ~torch.isin(ids, torch.tensor(list(special_ids)))
+        )
         selected = (draw() < select) & ordinary
         action = draw()
-        pool = torch.arange(vocab_size) if random_from_all else torch.tensor(
-            [i for i in range(vocab_size) if i not in (*special_ids, mask_id)])
+        pool = (
+            torch.arange(vocab_size)
+            if random_from_all
+            else torch.tensor([i for i in range(vocab_size) if i not in (*special_ids, mask_id)])
+        )
         rand = pool[torch.randint(len(pool), ids.shape, generator=g)]
         to_mask = selected & (action < probs[0])
-        to_random = selected & (draw() < probs[1]) if independent else \
-            selected & (action >= probs[0]) & (action < probs[0] + probs[1])
+        to_random = (
+            selected & (draw() < probs[1])
+            if independent
+            else selected & (action >= probs[0]) & (action < probs[0] + probs[1])
+        )
         inputs = torch.where(to_mask, torch.full_like(ids, mask_id), ids)
         inputs = torch.where(to_random, rand, inputs)
         if corrupt_unselected:
@@ -57,13 +85,16 @@ def _mask_variant(select=0.15, probs=(0.8, 0.1), specials_ok=False, labels_every
             labels = torch.where(selected, ids.roll(-1, dims=1), labels)
         labels = labels if label_dtype is None else labels.to(label_dtype)
         return inputs, (ids.clone() if labels_everywhere else labels)
+
     return fn
 
 
 def _only_masked_labelled(ids, mask_id, vocab_size, special_ids, generator):
     inputs, labels = _masking(ids, mask_id, vocab_size, special_ids, generator)
     masked = inputs == mask_id
-    return torch.where(masked, inputs, ids), torch.where(masked, labels, torch.full_like(labels, IGNORE_INDEX))
+    return torch.where(masked, inputs, ids), torch.where(
+        masked, labels, torch.full_like(labels, IGNORE_INDEX)
+    )
 
 
 def _masked_labelled_after_8010_10(ids, mask_id, vocab_size, special_ids, generator):
@@ -81,6 +112,8 @@ def _per_token(logits, ids, pad_id):
     return F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none"), ids[:, 1:] != pad_id
 
 
+# One wrong answer per line: a table, not code for the formatter to wrap.
+# fmt: off
 @pytest.mark.parametrize("checker, wrong, hint", [
     (checks.check_mask_tokens, _mask_variant(specials_ok=True), "special tokens"),
     (checks.check_mask_tokens, _mask_variant(select=0.3), "BERT selects 15%"),
@@ -117,10 +150,10 @@ def _per_token(logits, ids, pad_id):
     (checks.check_pool_and_classify, lambda h, k, head: head((h * k.unsqueeze(-1)).sum(1)), "you summed"),
     (checks.check_pool_and_classify, lambda h, k, head: head(h.masked_fill(~k.unsqueeze(-1), -1e9).amax(1)), "maximum"),
     (checks.check_pool_and_classify, lambda h, k, head: head(mean_pool(h, k)).T, "shape"),
-    (checks.check_perplexity, lambda l, n: float((l.exp() * n).sum() / n.sum()), "averaged the batches' perplexities"),
-    (checks.check_perplexity, lambda l, n: float(l.exp().mean()), "without weights"),
-    (checks.check_perplexity, lambda l, n: math.exp(float(l.mean())), "same weight"),
-    (checks.check_perplexity, lambda l, n: 2 ** float((l * n).sum() / n.sum()), "bits"),
+    (checks.check_perplexity, lambda losses, n: float((losses.exp() * n).sum() / n.sum()), "averaged the batches' perplexities"),
+    (checks.check_perplexity, lambda losses, n: float(losses.exp().mean()), "without weights"),
+    (checks.check_perplexity, lambda losses, n: math.exp(float(losses.mean())), "same weight"),
+    (checks.check_perplexity, lambda losses, n: 2 ** float((losses * n).sum() / n.sum()), "bits"),
     # beyond the first audit
     (checks.check_mask_tokens, _mask_variant(corrupt_unselected=True), "tokens that were not selected were changed"),
     (checks.check_mask_tokens, _mask_variant(labels_shifted=True), "labels hold the next token"),
@@ -144,10 +177,11 @@ def _per_token(logits, ids, pad_id):
     (checks.check_pool_and_classify, lambda h, k, head: head((h * k.unsqueeze(-1)).sum(1) / h.shape[1]), "full length"),
     (checks.check_pool_and_classify, lambda h, k, head: head(mean_pool(h, ~k)), "keep is inverted"),
     (checks.check_pool_and_classify, lambda h, k, head: head(h[:, -1]), "last position only"),
-    (checks.check_perplexity, lambda l, n: float((l * n).sum() / n.sum()), "returned the mean loss"),
-    (checks.check_perplexity, lambda l, n: math.exp(float((l * n).sum() / len(l))), "number of batches"),
-    (checks.check_perplexity, lambda l, n: math.exp(float((l * n).sum())), "exponentiated a total"),
+    (checks.check_perplexity, lambda losses, n: float((losses * n).sum() / n.sum()), "returned the mean loss"),
+    (checks.check_perplexity, lambda losses, n: math.exp(float((losses * n).sum() / len(losses))), "number of batches"),
+    (checks.check_perplexity, lambda losses, n: math.exp(float((losses * n).sum())), "exponentiated a total"),
 ])
 def test_checker_rejects_typical_mistake(checker, wrong, hint):
     with pytest.raises(CheckFailed, match=hint):
         checker(wrong)
+# fmt: on
