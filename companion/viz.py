@@ -89,22 +89,14 @@ def loss_curves(curves: dict[str, Sequence[float]], *, xlabel: str = "step", yla
 def collect_attention(model: torch.nn.Module, *inputs, **kwargs) -> Tensor:
     """Run `model` once and return every self-attention layer's weights, (layers, batch, heads, q_pos, k_pos).
 
-    Uses the readable (non-fused) path only for this call, so the weights exist.
+    `record_attention(model, kind="self")` keeps them (cross-attention calls are left out); the
+    readable (non-fused) path runs for this call only, so the weights exist.
     """
-    from .attention import MultiHeadAttention
+    from .attention import record_attention
 
-    modules = [m for name, m in model.named_modules() if isinstance(m, MultiHeadAttention) and "cross" not in name]
-    if not modules:
-        raise ValueError("the model has no MultiHeadAttention layers")
-    try:
-        for m in modules:
-            m.record_weights = True
-        with torch.no_grad():
-            model(*inputs, **kwargs)
-    finally:
-        for m in modules:
-            m.record_weights = False
-    return torch.stack([m.last_weights for m in modules])
+    with torch.no_grad(), record_attention(model, kind="self") as weights:
+        model(*inputs, **kwargs)
+    return torch.stack(weights)
 
 
 # ----- Explorers that work without a kernel ------------------------------------------------------

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from companion import TransformerConfig, build_model, count_parameters, presets
+from companion.attention import record_attention
 
 # Published counts: BERT (Devlin et al. 2019; BertModel with pooler), GPT-2 small (Radford et al. 2019).
 PUBLISHED = {"bert-base": 109_482_240, "bert-large": 335_141_888, "gpt2-small": 124_439_808}
@@ -214,8 +215,9 @@ def test_dropout_acts_where_the_paper_puts_it(norm):
     assert 0.35 < (embedded == 0).float().mean() < 0.65
     # Not on the attention weights: every row still sums to 1.
     attention = block.attention.sublayer
-    attention(x, causal=True, keep_weights=True)
-    torch.testing.assert_close(attention.last_weights.sum(-1), torch.ones(1, config.heads, 6).expand(2, -1, -1))
+    with record_attention(attention) as kept:
+        attention(x, causal=True)
+    torch.testing.assert_close(kept[0].sum(-1), torch.ones(1, config.heads, 6).expand(2, -1, -1))
     # Every dropout module with p > 0 is one of these places.
     dropping = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Dropout) and m.p > 0}
     assert dropping == {"embed.dropout", "decoder.blocks.0.attention.dropout", "decoder.blocks.0.feed_forward.dropout"}
