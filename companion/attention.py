@@ -22,17 +22,15 @@ from .device import ThreadSwitch
 _dropout_switch = ThreadSwitch()
 
 
-@contextlib.contextmanager
-def no_dropout() -> Iterator[None]:
-    """Within this block, and in this thread only, every companion dropout is off, whatever
-    `model.training` says; the model itself is not touched.
+def no_dropout() -> ThreadSwitch:
+    """`with no_dropout():` turns every companion dropout off within the block, and in this thread
+    only, whatever `model.training` says; the model itself is not touched.
 
     Decoding runs each step inside it instead of calling `model.eval()`: a model shared by threads,
     or one a half-consumed `stream` still holds, keeps its own mode, and another thread training it
     keeps its dropout. Like `torch.no_grad()`, it nests and is undone on exit.
     """
-    with _dropout_switch():
-        yield
+    return _dropout_switch
 
 
 def dropout_active(module: nn.Module) -> bool:

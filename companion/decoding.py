@@ -331,13 +331,10 @@ def _steps(run: nn.Module, model: DecoderLM | EncoderDecoder, prompt_ids: Tensor
                 for cache in kwargs["caches"]:
                     torch._dynamo.maybe_mark_dynamic(cache.keys, 2)
                     torch._dynamo.maybe_mark_dynamic(cache.values, 2)
-    new_ids = ids  # what the next cached step reads: the prompt, then each new token alone
+    new_ids, fed = ids, 0  # what the next cached step reads (the prompt, then each new token alone), and from where
     for step in range(max_new_tokens):
         with no_dropout(), torch.inference_mode(), autocast(device), values_trusted():
-            if use_cache:
-                logits = decode(new_ids, start_pos=ids.shape[1] - new_ids.shape[1], **kwargs)
-            else:
-                logits = decode(ids)
+            logits = decode(new_ids, start_pos=fed, **kwargs) if use_cache else decode(ids)
             last = logits[:, -1].float()
             if check_each_step:
                 _check_finite(torch.isfinite(last).all(), step)
@@ -345,8 +342,10 @@ def _steps(run: nn.Module, model: DecoderLM | EncoderDecoder, prompt_ids: Tensor
                 finite = torch.isfinite(last).all() if finite is None else finite & torch.isfinite(last).all()
             token = sampling.pick(last, generator)
         token = token.clone()  # outside inference mode: an ordinary tensor, usable with autograd
+        fed += new_ids.shape[1]
         new_ids = token[:, None]  # a fresh (batch, 1) tensor: the same strides at every step, as compiled code expects
-        ids = torch.cat([ids, new_ids], dim=1)
+        if not use_cache:
+            ids = torch.cat([ids, new_ids], dim=1)  # recomputing reads the whole sequence; a cached step, the new token
         yield token
     if finite is not None:
         _check_finite(finite, max_new_tokens - 1, "by ")

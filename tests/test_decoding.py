@@ -1,12 +1,14 @@
 """Decoding: cached generation equals recomputation, sampling filters do what they say, errors are clear,
 and the checkers reject typical mistakes with the matching hint."""
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from companion import TransformerConfig, build_model, generate, kv_cache_bytes, new_caches, presets
-from companion.decoding import KVCache, filter_top_k, filter_top_p, next_token, step_seconds, stream
+from companion.decoding import (CrossKVCache, KVCache, Sampling, filter_top_k, filter_top_p, next_token, step_seconds,
+                                stream)
 
 
 def small(kind: str = "decoder", positional: str = "learned", seed: int = 0):
@@ -163,3 +165,45 @@ def test_cache_refuses_to_overflow():
     with pytest.raises(ValueError, match="holds 4 positions; 3 are used and 2 more"):
         cache.append(torch.zeros(1, 2, 2, 3), torch.zeros(1, 2, 2, 3))
 
+
+
+def test_sampling_settings_are_checked_once_and_frozen():
+    sampling = Sampling(temperature=0.7, top_k=5, seed=3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sampling.temperature = 0.0  # a checked setting cannot be changed into an unchecked one
+    assert Sampling().greedy and not sampling.greedy
+    logits = torch.randn(4, 9, generator=torch.Generator().manual_seed(0))
+    # pick draws what next_token draws with the same generator state: one rule in one place
+    assert torch.equal(sampling.pick(logits, sampling.generator()),
+                       next_token(logits, 0.7, top_k=5, generator=torch.Generator().manual_seed(3)))
+    for bad, message in ((dict(temperature=-1), "temperature=-1"), (dict(top_k=0, temperature=1.0), "top_k=0"),
+                         (dict(top_p=1.5, temperature=1.0), "top_p=1.5"), (dict(seed=-2), "seed=-2"),
+                         (dict(top_k=3), "temperature=0 means greedy")):
+        with pytest.raises(ValueError, match=message):
+            Sampling(**bad)
+
+
+def test_kv_cache_truncate_forgets_the_latest_positions_only():
+    cache = KVCache(1, 2, 6, 3)
+    a, b = torch.randn(1, 2, 4, 3), torch.randn(1, 2, 2, 3)
+    cache.append(a, -a)
+    cache.truncate(2)
+    assert len(cache) == 2
+    keys, values = cache.append(b, -b)  # written at position 2, after the two kept
+    assert torch.equal(keys, torch.cat([a[:, :, :2], b], 2)) and torch.equal(values, -keys)
+    cache.truncate()
+    assert len(cache) == 0 and cache.stored()[0].shape == (1, 2, 0, 3)
+    for bad in (-1, 1, 2.0, True):  # more than stored, negative, not a whole number
+        with pytest.raises(ValueError, match=r"truncate\(length=.*\[0, 0\]"):
+            cache.truncate(bad)
+
+
+def test_cross_cache_is_filled_once():
+    cache = CrossKVCache()
+    with pytest.raises(RuntimeError, match="empty; run one decoding step first"):
+        cache.stored()
+    k = torch.randn(1, 2, 5, 3)
+    assert cache.fill(k, -k)[0] is k and len(cache) == 5
+    with pytest.raises(RuntimeError, match="already filled"):
+        cache.fill(k, k)
+    assert torch.equal(cache.stored()[1], -k)
