@@ -229,16 +229,16 @@ def _check_padding(padding: Tensor, batch: int, k_len: int) -> None:
         )
 
 
-def _check_attention_inputs(attention: MultiHeadAttention, x: Tensor, context: Tensor | None, mask: Tensor | None,
-                            padding: Tensor | None, cache: KVCacheLayer | None) -> None:
+def _check_attention_inputs(attention: MultiHeadAttention, x: Tensor, context: Tensor | None,
+                            mask: Tensor | None, padding: Tensor | None, cache) -> None:
     """MultiHeadAttention.forward's checks: x and context are (batch, seq, d_model); the mask and padding
     fit the keys, which are the context's positions, or x's after the cached ones."""
     d_model = attention.d_model
     if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != d_model:
         shown = tuple(x.shape) if isinstance(x, Tensor) else _describe(x)
         raise ValueError(f"x has shape {shown}; expected (batch, seq, d_model={d_model})")
-    if context is not None and (not isinstance(context, Tensor) or context.dim() != 3 or context.shape[-1] != d_model
-                                or context.shape[0] != x.shape[0]):
+    if context is not None and (not isinstance(context, Tensor) or context.dim() != 3
+                                or context.shape[-1] != d_model or context.shape[0] != x.shape[0]):
         shown = tuple(context.shape) if isinstance(context, Tensor) else _describe(context)
         raise ValueError(f"context has shape {shown}; expected (batch={x.shape[0]}, seq, d_model={d_model})")
     if mask is None and padding is None:
@@ -258,7 +258,8 @@ def _check_attention_inputs(attention: MultiHeadAttention, x: Tensor, context: T
 
 class KVCacheLayer(Protocol):
     """What self-attention needs from one layer's key/value cache (implemented in `companion.decoding`).
-    Cross-attention's cache (`decoding.CrossKVCache`) is filled once instead: `fill(k, v)`, then `stored()`."""
+    Cross-attention's cache (`decoding.CrossKVCache`) is filled once instead: `fill(k, v)`, then
+    `stored()`."""
 
     def __len__(self) -> int:
         """Positions stored so far."""
@@ -359,21 +360,25 @@ class MultiHeadAttention(nn.Module):
             q = self.q_norm(q)
         if rotary is not None:
             q = rotary(q, positions)
-        k, v = self._keys_values(x if context is None else context, rotary, positions, cache, context is not None)
+        cross = context is not None
+        k, v = self._keys_values(context if cross else x, rotary, positions, cache, cross)
         if k.dtype != q.dtype:  # a bf16 cache read by fp32 queries (or the other way round)
             k, v = k.to(q.dtype), v.to(q.dtype)
         if padding is not None:
-            pad = padding[:, None, None, :]  # "batch k_pos -> batch 1 1 k_pos": every query sees the real keys
+            pad = padding[:, None, None, :]  # "batch k_pos -> batch 1 1 k_pos": all queries see real keys
             mask = pad if mask is None else mask & pad
         dropout_p = self.dropout if dropout_active(self) else 0.0
         if self.recorder is None:
             out = _attend(q, k, v, mask, causal=causal, fused=self.fused, dropout_p=dropout_p)
         else:  # inside record_attention(): the einops path, which has the weights to keep
-            out, weights = _attend(q, k, v, mask, causal=causal, fused=False, dropout_p=dropout_p, return_weights=True)
-            self.recorder(weights.detach(), context is not None)
-        return self.to_out(out.transpose(1, 2).flatten(2))  # "batch heads seq d_head -> batch seq (heads d_head)"
+            out, weights = _attend(q, k, v, mask, causal=causal, fused=False, dropout_p=dropout_p,
+                                   return_weights=True)
+            self.recorder(weights.detach(), cross)
+        # "batch heads seq d_head -> batch seq (heads d_head)", then the output projection
+        return self.to_out(out.transpose(1, 2).flatten(2))
 
-    def _keys_values(self, source: Tensor, rotary, positions: Tensor | None, cache, cross: bool) -> tuple[Tensor, Tensor]:
+    def _keys_values(self, source: Tensor, rotary, positions: Tensor | None, cache,
+                     cross: bool) -> tuple[Tensor, Tensor]:
         """Keys and values (batch, heads, k_pos, d_head) of `source`, through the cache when decoding.
         Cross-attention's come from the encoder output only, so its cache is filled on the first step."""
         if cross and cache is not None and len(cache):
@@ -409,10 +414,12 @@ def record_attention(*modules: nn.Module, kind: str = "all") -> Iterator[list[Te
         raise ValueError(f"kind={kind!r} must be 'all', 'self' or 'cross'")
     for m in modules:
         if not isinstance(m, nn.Module):
-            raise TypeError(f"record_attention takes modules (a model or its attention layers), got {_describe(m)}")
+            raise TypeError(f"record_attention takes modules (a model or its attention layers), "
+                            f"got {_describe(m)}")
     layers = list(dict.fromkeys(a for m in modules for a in m.modules() if isinstance(a, MultiHeadAttention)))
     if not layers:
-        raise ValueError(f"record_attention found no MultiHeadAttention in {[type(m).__name__ for m in modules]}")
+        names = [type(m).__name__ for m in modules]
+        raise ValueError(f"record_attention found no MultiHeadAttention in {names}")
     weights: list[Tensor] = []
 
     def keep(w: Tensor, cross: bool) -> None:

@@ -53,14 +53,15 @@ class KVCache:
         """Write k, v (batch heads seq d_head) into the next free slots; return every position stored."""
         batch, heads, capacity, d_head = self.keys.shape
         start, end = self.length, self.length + k.shape[2]
-        if k.shape != v.shape or k.dim() != 4 or k.shape[0] != batch or k.shape[1] != heads or k.shape[3] != d_head:
+        if k.shape != v.shape or k.dim() != 4 or (k.shape[0], k.shape[1], k.shape[3]) != (batch, heads, d_head):
             name, t = ("k", k) if v.shape == k.shape else ("v", v)
             raise ValueError(
-                f"the KV cache was made for (batch, heads, d_head) = {(batch, heads, d_head)} but {name} has shape "
-                f"{tuple(t.shape)}; make the caches with new_caches(config, batch, capacity) for this batch"
+                f"the KV cache was made for (batch, heads, d_head) = {(batch, heads, d_head)} but {name} has "
+                f"shape {tuple(t.shape)}; make the caches with new_caches(config, batch, capacity) for this batch"
             )
         if end > capacity:
-            raise ValueError(f"the KV cache holds {capacity} positions; {start} are used and {end - start} more were given")
+            raise ValueError(f"the KV cache holds {capacity} positions; {start} are used and {end - start} "
+                             "more were given")
         self.keys[:, :, start:end] = k
         self.values[:, :, start:end] = v
         self.length = end
@@ -73,8 +74,8 @@ class KVCache:
         """Forget every position from `length` on (0, the default, empties the cache); the next append
         writes at `length`. Nothing is freed: the preallocated tensors stay for reuse."""
         if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= self.length:
-            raise ValueError(f"truncate(length={length!r}): length must be a whole number in [0, {self.length}], "
-                             "the positions to keep")
+            raise ValueError(f"truncate(length={length!r}): length must be a whole number in "
+                             f"[0, {self.length}], the positions to keep")
         self.length = length
 
     @property
@@ -186,7 +187,8 @@ class Sampling:
     def __post_init__(self) -> None:
         t = self.temperature
         if not _real(t) or t < 0:
-            raise ValueError(f"temperature={t!r} must be > 0 to sample, or 0 for greedy decoding (a finite number)")
+            raise ValueError(f"temperature={t!r} must be > 0 to sample, or 0 for greedy decoding "
+                             "(a finite number)")
         if t == 0 and (self.top_k is not None or self.top_p is not None):
             raise ValueError(f"temperature=0 means greedy decoding, which ignores top_k={self.top_k} and "
                              f"top_p={self.top_p}; give a temperature > 0 to sample")
@@ -195,7 +197,8 @@ class Sampling:
         if self.top_p is not None:
             _check_top_p(self.top_p)
         seed = self.seed
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                                 or not 0 <= seed < 2**63):
             raise ValueError(f"seed={seed!r} must be None or a whole number >= 0")
 
     @property
@@ -317,7 +320,8 @@ def _steps(run: nn.Module, model: DecoderLM | EncoderDecoder, prompt_ids: Tensor
             memory, memory_mask = model.encode(src_ids), model.source_mask(src_ids)
             decode = (lambda new, **kw: model.decode(new, memory, memory_mask, **kw, last_only=True))
         else:
-            decode = (lambda new, **kw: run(new, **kw, last_only=True))  # the vocabulary head for the last position only
+            # last_only: the vocabulary head for the last position only
+            decode = (lambda new, **kw: run(new, **kw, last_only=True))
         kwargs = {}
         if use_cache:
             dtype = compute_dtype(device, next(model.parameters()).dtype)  # bf16 under autocast
@@ -331,7 +335,8 @@ def _steps(run: nn.Module, model: DecoderLM | EncoderDecoder, prompt_ids: Tensor
                 for cache in kwargs["caches"]:
                     torch._dynamo.maybe_mark_dynamic(cache.keys, 2)
                     torch._dynamo.maybe_mark_dynamic(cache.values, 2)
-    new_ids, fed = ids, 0  # what the next cached step reads (the prompt, then each new token alone), and from where
+    # What the next cached step reads (the prompt, then each new token alone), and from which position.
+    new_ids, fed = ids, 0
     for step in range(max_new_tokens):
         with no_dropout(), torch.inference_mode(), autocast(device), values_trusted():
             logits = decode(new_ids, start_pos=fed, **kwargs) if use_cache else decode(ids)
@@ -343,9 +348,10 @@ def _steps(run: nn.Module, model: DecoderLM | EncoderDecoder, prompt_ids: Tensor
             token = sampling.pick(last, generator)
         token = token.clone()  # outside inference mode: an ordinary tensor, usable with autograd
         fed += new_ids.shape[1]
-        new_ids = token[:, None]  # a fresh (batch, 1) tensor: the same strides at every step, as compiled code expects
-        if not use_cache:
-            ids = torch.cat([ids, new_ids], dim=1)  # recomputing reads the whole sequence; a cached step, the new token
+        # A fresh (batch, 1) tensor: the same strides at every step, as compiled code expects.
+        new_ids = token[:, None]
+        if not use_cache:  # recomputing reads the whole sequence; a cached step, the new token only
+            ids = torch.cat([ids, new_ids], dim=1)
         yield token
     if finite is not None:
         _check_finite(finite, max_new_tokens - 1, "by ")
@@ -397,7 +403,7 @@ def step_seconds(model: DecoderLM, position: int, *, use_cache: bool, repeats: i
     best = float("inf")
     with torch.inference_mode(), autocast(device):
         if use_cache:
-            dtype = compute_dtype(device, next(model.parameters()).dtype)  # the cache's dtype, as generate makes it
+            dtype = compute_dtype(device, next(model.parameters()).dtype)  # as generate makes the caches
             caches = new_caches(model.config, 1, position + 1, device=device, dtype=dtype)
             if position:
                 model(ids[:, :position], caches=caches)  # fill the cache once; not timed
@@ -412,5 +418,5 @@ def step_seconds(model: DecoderLM, position: int, *, use_cache: bool, repeats: i
             best = min(best, time.perf_counter() - start)
             if use_cache:
                 for cache in caches:
-                    cache.truncate(position)  # forget the timed token, so the next repeat writes the same slot
+                    cache.truncate(position)  # forget the timed token: the next repeat writes the same slot
     return best
