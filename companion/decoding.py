@@ -2,11 +2,14 @@
 
 Chapter 6 (decoder inference and the KV cache) explains them.
 """
+
 from __future__ import annotations
 
 import math
 import time
-from typing import Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -27,11 +30,19 @@ class KVCache:
     """One layer's self-attention keys and values, preallocated for `capacity` positions.
 
     Earlier tokens never change under a causal mask, so their keys and values can be kept
-    and only the new positions computed.
+    and only the new positions computed. `length` positions are stored; `append` adds new ones
+    and `truncate` forgets the latest.
     """
 
-    def __init__(self, batch: int, heads: int, capacity: int, d_head: int,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        batch: int,
+        heads: int,
+        capacity: int,
+        d_head: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
         for name, value in (("batch", batch), ("heads", heads), ("capacity", capacity), ("d_head", d_head)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"KVCache: {name}={value!r} must be a positive whole number")
@@ -49,25 +60,39 @@ class KVCache:
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write k, v (batch heads seq d_head) into the next free slots; return every position stored."""
-        slot = (self.keys.shape[0], self.keys.shape[1], self.keys.shape[3])
-        for name, t in (("k", k), ("v", v)):
-            if t.dim() != 4 or (t.shape[0], t.shape[1], t.shape[3]) != slot:
-                raise ValueError(
-                    f"the KV cache was made for (batch, heads, d_head) = {slot} but {name} has shape {tuple(t.shape)}; "
-                    "make the caches with new_caches(config, batch, capacity) for this batch"
-                )
-        new = k.shape[2]
-        if self.length + new > self.capacity:
+        batch, heads, capacity, d_head = self.keys.shape
+        start, end = self.length, self.length + k.shape[2]
+        if (
+            k.shape != v.shape
+            or k.dim() != 4
+            or (k.shape[0], k.shape[1], k.shape[3]) != (batch, heads, d_head)
+        ):
+            name, t = ("k", k) if v.shape == k.shape else ("v", v)
             raise ValueError(
-                f"the KV cache holds {self.capacity} positions; {self.length} are used and {new} more were given"
+                f"the KV cache was made for (batch, heads, d_head) = {(batch, heads, d_head)} but {name} has "
+                f"shape {tuple(t.shape)}; make the caches with new_caches(config, batch, capacity) for this batch"
             )
-        self.keys[:, :, self.length:self.length + new] = k
-        self.values[:, :, self.length:self.length + new] = v
-        self.length += new
-        return self.stored()
+        if end > capacity:
+            raise ValueError(
+                f"the KV cache holds {capacity} positions; {start} are used and {end - start} more were given"
+            )
+        self.keys[:, :, start:end] = k
+        self.values[:, :, start:end] = v
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
 
     def stored(self) -> tuple[Tensor, Tensor]:
-        return self.keys[:, :, :self.length], self.values[:, :, :self.length]
+        return self.keys[:, :, : self.length], self.values[:, :, : self.length]
+
+    def truncate(self, length: int = 0) -> None:
+        """Forget every position from `length` on (0, the default, empties the cache); the next append
+        writes at `length`. Nothing is freed: the preallocated tensors stay for reuse."""
+        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= self.length:
+            raise ValueError(
+                f"truncate(length={length!r}): length must be a whole number in "
+                f"[0, {self.length}], the positions to keep"
+            )
+        self.length = length
 
     @property
     def nbytes(self) -> int:
@@ -76,15 +101,23 @@ class KVCache:
 
 
 class CrossKVCache:
-    """Cross-attention keys and values: the projected encoder output, computed on the first step."""
+    """Cross-attention keys and values: the projected encoder output. They depend on the source only,
+    so the first decoding step fills the cache and every later step reads it."""
 
     def __init__(self):
         self.kv: tuple[Tensor, Tensor] | None = None
 
     def __len__(self) -> int:
+        """Source positions stored: 0 until filled."""
         return 0 if self.kv is None else self.kv[0].shape[2]
 
-    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    def fill(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Keep the keys and values (batch heads src_seq d_head) of the whole source; return them."""
+        if self.kv is not None:
+            raise RuntimeError(
+                "the cross-attention cache is already filled: it holds one source's keys and "
+                "values; make new caches for another source"
+            )
         self.kv = (k, v)
         return k, v
 
@@ -94,21 +127,37 @@ class CrossKVCache:
         return self.kv
 
 
-def new_caches(config: TransformerConfig, batch: int, capacity: int, *,
-               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> list[KVCache]:
+def new_caches(
+    config: TransformerConfig,
+    batch: int,
+    capacity: int,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> list[KVCache]:
     """One empty self-attention cache per decoder layer, each holding `capacity` positions of the
     config's kv_heads key/value heads (fewer than heads with grouped-query attention)."""
     if not isinstance(config, TransformerConfig):
-        raise TypeError(f"new_caches takes the model's TransformerConfig (model.config), got {type(config).__name__}")
-    if isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= config.context_length:
+        raise TypeError(
+            f"new_caches takes the model's TransformerConfig (model.config), got {type(config).__name__}"
+        )
+    if (
+        isinstance(capacity, bool)
+        or not isinstance(capacity, int)
+        or not 1 <= capacity <= config.context_length
+    ):
         raise ValueError(f"capacity={capacity!r} must be in [1, context_length={config.context_length}]")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch={batch!r} must be a positive whole number, the number of sequences decoded together")
+        raise ValueError(
+            f"batch={batch!r} must be a positive whole number, the number of sequences decoded together"
+        )
     layers = config.decoder_layers if config.kind == "encoder-decoder" else config.layers
     return [KVCache(batch, config.n_kv_heads, capacity, config.d_head, device, dtype) for _ in range(layers)]
 
 
-def kv_cache_bytes(config: TransformerConfig, positions: int, batch: int = 1, bytes_per_value: int = 4) -> int:
+def kv_cache_bytes(
+    config: TransformerConfig, positions: int, batch: int = 1, bytes_per_value: int = 4
+) -> int:
     """2 (keys and values) * layers * kv_heads * d_head * positions * bytes, for each sequence in the batch.
 
     kv_heads is the number of key/value heads (config.n_kv_heads): heads, or fewer with grouped-query
@@ -117,10 +166,27 @@ def kv_cache_bytes(config: TransformerConfig, positions: int, batch: int = 1, by
     return 2 * layers * config.n_kv_heads * config.d_head * positions * bytes_per_value * batch
 
 
+# ---------------------------------------------------------------- picking the next token
+
+
+def _real(x) -> bool:
+    """A finite int or float, not a bool (True is not a temperature)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_top_k(k) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"top_k={k!r} must be a whole number >= 1, the number of most likely tokens to keep")
+
+
+def _check_top_p(p) -> None:
+    if not _real(p) or not 0.0 < p <= 1.0:
+        raise ValueError(f"top_p={p!r} must be in (0, 1]; 1 keeps every token")
+
+
 def filter_top_k(logits: Tensor, k: int) -> Tensor:
     """Keep the k largest logits of each row (vocab is the last axis); set the rest to -inf."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"top_k={k!r} must be a whole number >= 1")
+    _check_top_k(k)
     k = min(k, logits.shape[-1])
     kth = logits.topk(k, dim=-1).values[..., -1:]
     return logits.masked_fill(logits < kth, float("-inf"))
@@ -128,8 +194,7 @@ def filter_top_k(logits: Tensor, k: int) -> Tensor:
 
 def filter_top_p(logits: Tensor, p: float) -> Tensor:
     """Nucleus filtering: keep the fewest most likely tokens whose probabilities sum to at least p."""
-    if not _real(p) or not 0.0 < p <= 1.0:
-        raise ValueError(f"top_p={p!r} must be in (0, 1]; 1 keeps every token")
+    _check_top_p(p)
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
     # A token stays if the mass before it is still short of p, so the one that reaches p stays too.
@@ -138,33 +203,71 @@ def filter_top_p(logits: Tensor, p: float) -> Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def _real(x) -> bool:
-    """A finite int or float, not a bool (True is not a temperature)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is picked, checked once, when made.
 
+    temperature=0 is greedy decoding (argmax); temperature > 0 samples from softmax(logits / temperature),
+    restricted to the top_k most likely tokens and to the top_p nucleus when they are given. seed makes
+    sampling repeatable. `next_token`, `stream` and `generate` take these four as keyword arguments and
+    make one `Sampling` from them.
+    """
 
-def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if not _real(temperature) or temperature < 0:
-        raise ValueError(f"temperature={temperature!r} must be > 0 to sample, or 0 for greedy decoding (a finite number)")
-    if temperature == 0 and (top_k is not None or top_p is not None):
-        raise ValueError(
-            f"temperature=0 means greedy decoding, which ignores top_k={top_k} and top_p={top_p}; "
-            "give a temperature > 0 to sample"
-        )
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k={top_k!r} must be a whole number >= 1, or None to keep every token")
-    if top_p is not None and (not _real(top_p) or not 0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p={top_p!r} must be in (0, 1]; 1 keeps every token")
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
 
+    def __post_init__(self) -> None:
+        t = self.temperature
+        if not _real(t) or t < 0:
+            raise ValueError(
+                f"temperature={t!r} must be > 0 to sample, or 0 for greedy decoding (a finite number)"
+            )
+        if t == 0 and (self.top_k is not None or self.top_p is not None):
+            raise ValueError(
+                f"temperature=0 means greedy decoding, which ignores top_k={self.top_k} and "
+                f"top_p={self.top_p}; give a temperature > 0 to sample"
+            )
+        if self.top_k is not None:
+            _check_top_k(self.top_k)
+        if self.top_p is not None:
+            _check_top_p(self.top_p)
+        seed = self.seed
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63
+        ):
+            raise ValueError(f"seed={seed!r} must be None or a whole number >= 0")
 
-def _check_seed(seed) -> None:
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
-        raise ValueError(f"seed={seed!r} must be None or a whole number >= 0")
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def generator(self) -> torch.Generator | None:
+        """A fresh CPU generator seeded with `seed` (None without one): the draws of one generation."""
+        return None if self.seed is None else torch.Generator().manual_seed(self.seed)
+
+    def pick(self, logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One token per row of (batch, vocab) logits, which the caller has checked."""
+        if self.greedy:
+            return logits.argmax(dim=-1)
+        logits = logits.float() / self.temperature
+        if self.top_k is not None:
+            logits = filter_top_k(logits, self.top_k)
+        if self.top_p is not None:
+            logits = filter_top_p(logits, self.top_p)
+        probs = logits.softmax(dim=-1)
+        # Drawn on the CPU with a CPU generator, so a seed gives the same tokens on any device.
+        return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
 
 
 def _check_logits(logits: Tensor) -> None:
     if not isinstance(logits, Tensor) or not logits.dtype.is_floating_point or logits.dim() != 2:
-        shown = f"shape {tuple(logits.shape)}, dtype {logits.dtype}" if isinstance(logits, Tensor) else type(logits).__name__
+        shown = (
+            f"shape {tuple(logits.shape)}, dtype {logits.dtype}"
+            if isinstance(logits, Tensor)
+            else type(logits).__name__
+        )
         raise ValueError(f"logits ({shown}) must be a floating-point (batch, vocab) tensor")
     if logits.shape[-1] == 0:
         raise ValueError(f"logits has shape {tuple(logits.shape)}: an empty vocabulary")
@@ -178,28 +281,21 @@ def _check_logits(logits: Tensor) -> None:
         )
 
 
-def next_token(logits: Tensor, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-               generator: torch.Generator | None = None) -> Tensor:
+def next_token(
+    logits: Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Pick one token per row of (batch, vocab) logits: argmax when temperature is 0, else a sample
-    from softmax(logits / temperature) restricted by top_k and top_p."""
-    _check_sampling(temperature, top_k, top_p)
+    from softmax(logits / temperature) restricted by top_k and top_p (see `Sampling`)."""
+    sampling = Sampling(temperature, top_k, top_p)
     _check_logits(logits)
-    return _pick(logits, temperature, top_k, top_p, generator)
+    return sampling.pick(logits, generator)
 
 
-def _pick(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
-          generator: torch.Generator | None) -> Tensor:
-    """next_token after its checks."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None:
-        logits = filter_top_k(logits, top_k)
-    if top_p is not None:
-        logits = filter_top_p(logits, top_p)
-    probs = logits.softmax(dim=-1)
-    # Drawn on the CPU with a CPU generator, so a seed gives the same tokens on any device.
-    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+# ---------------------------------------------------------------- generation
 
 
 def stream(
@@ -218,14 +314,16 @@ def stream(
 
     The arguments are checked here, before the first step is asked for.
     """
-    if not isinstance(unwrap(model), (DecoderLM, EncoderDecoder)):
-        raise TypeError(f"generate needs a DecoderLM or an EncoderDecoder (or one wrapped by torch.compile), "
-                        f"got {type(unwrap(model)).__name__}")
-    config = unwrap(model).config
+    sampling = Sampling(temperature, top_k, top_p, seed)
+    inner = unwrap(model)
+    if not isinstance(inner, (DecoderLM, EncoderDecoder)):
+        raise TypeError(
+            f"generate needs a DecoderLM or an EncoderDecoder (or one wrapped by torch.compile), "
+            f"got {type(inner).__name__}"
+        )
+    config = inner.config
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a whole number >= 0")
-    _check_sampling(temperature, top_k, top_p)
-    _check_seed(seed)
     if not isinstance(use_cache, bool):
         raise ValueError(f"use_cache={use_cache!r} must be True or False")
     check_ids(prompt_ids, config, "prompt_ids")
@@ -235,7 +333,7 @@ def stream(
             f"prompt_ids has {prompt_ids.shape[1]} tokens and max_new_tokens={max_new_tokens}: {total} positions, "
             f"but the model's context is {config.context_length}; shorten the prompt or ask for fewer tokens"
         )
-    encoder_decoder = isinstance(unwrap(model), EncoderDecoder)
+    encoder_decoder = isinstance(inner, EncoderDecoder)
     if encoder_decoder and src_ids is None:
         raise ValueError("an EncoderDecoder needs src_ids, the source sequence the decoder attends to")
     if not encoder_decoder and src_ids is not None:
@@ -243,25 +341,39 @@ def stream(
     if encoder_decoder:
         check_ids(src_ids, config, "src_ids")
         if src_ids.shape[0] != prompt_ids.shape[0]:
-            raise ValueError(f"src_ids has batch {src_ids.shape[0]} but prompt_ids has batch {prompt_ids.shape[0]}")
-    return _steps(model, prompt_ids, max_new_tokens, src_ids, use_cache, temperature, top_k, top_p, seed)
+            raise ValueError(
+                f"src_ids has batch {src_ids.shape[0]} but prompt_ids has batch {prompt_ids.shape[0]}"
+            )
+    return _steps(
+        model,
+        inner,
+        prompt_ids,
+        src_ids,
+        max_new_tokens=max_new_tokens,
+        use_cache=use_cache,
+        sampling=sampling,
+    )
 
 
-def _steps(model: nn.Module, prompt_ids: Tensor, max_new_tokens: int, src_ids: Tensor | None, use_cache: bool,
-           temperature: float, top_k: int | None, top_p: float | None, seed: int | None) -> Iterator[Tensor]:
-    run = model  # what computes: the model, or the torch.compile wrapper around it
-    model = unwrap(model)
-    config = model.config
-    encoder_decoder = isinstance(model, EncoderDecoder)
-    total = prompt_ids.shape[1] + max_new_tokens
-
+def _steps(
+    run: nn.Module,
+    model: DecoderLM | EncoderDecoder,
+    prompt_ids: Tensor,
+    src_ids: Tensor | None,
+    *,
+    max_new_tokens: int,
+    use_cache: bool,
+    sampling: Sampling,
+) -> Iterator[Tensor]:
+    """`stream` once its arguments are checked. run: what computes, the model or the torch.compile wrapper
+    around it; model: the model itself, whose config and methods are read."""
     device = next(model.parameters()).device
     ids = prompt_ids.to(device)
-    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    generator = sampling.generator()
     # Reading a value on a GPU waits for the queued kernels. Greedy steps there never read one: the
     # finiteness of every step's logits is gathered on the device and read once, after the last step.
     # Sampling reads the probabilities anyway (on the CPU), and the CPU has nothing to wait for.
-    check_each_step = device.type == "cpu" or temperature > 0
+    check_each_step = device.type == "cpu" or not sampling.greedy
     finite = None
     # Dropout is switched off for this thread only (no_dropout), never with model.eval(): the model's mode is
     # shared by every thread using it and would outlive a half-consumed stream. Inference mode (no autograd
@@ -269,40 +381,43 @@ def _steps(model: nn.Module, prompt_ids: Tensor, max_new_tokens: int, src_ids: T
     # caller's code between steps runs in its own mode. values_trusted(): the prompt was checked in
     # stream() and every later token is the model's own, so the model skips reading ids back.
     with no_dropout(), torch.inference_mode(), autocast(device), values_trusted():
-        memory = model.encode(src_ids.to(device)) if encoder_decoder else None
-        memory_mask = model.source_mask(src_ids.to(device)) if encoder_decoder else None
+        if isinstance(model, EncoderDecoder):
+            src_ids = src_ids.to(device)
+            memory, memory_mask = model.encode(src_ids), model.source_mask(src_ids)
+            decode = partial(model.decode, memory=memory, memory_mask=memory_mask, last_only=True)
+        else:
+            decode = partial(run, last_only=True)  # the vocabulary head for the last position only
+        kwargs = {}
         if use_cache:
             dtype = compute_dtype(device, next(model.parameters()).dtype)  # bf16 under autocast
-            caches = new_caches(config, ids.shape[0], total, device=device, dtype=dtype)
-            cross = [CrossKVCache() for _ in caches] if encoder_decoder else None
+            kwargs["caches"] = new_caches(
+                model.config, ids.shape[0], ids.shape[1] + max_new_tokens, device=device, dtype=dtype
+            )
+            if isinstance(model, EncoderDecoder):
+                kwargs["cross_caches"] = [CrossKVCache() for _ in kwargs["caches"]]
             if run is not model:
                 # Compiled: the caches' capacity (prompt + new tokens) is a symbolic size, so the next
                 # generate, of another length, reuses the compiled code instead of compiling again.
-                for cache in caches:
+                for cache in kwargs["caches"]:
                     torch._dynamo.maybe_mark_dynamic(cache.keys, 2)
                     torch._dynamo.maybe_mark_dynamic(cache.values, 2)
-    fed = 0  # positions already in the cache
-    new_ids = ids  # what the next cached step reads: the prompt, then each new token alone
+    # What the next cached step reads (the prompt, then each new token alone), and from which position.
+    new_ids, fed = ids, 0
     for step in range(max_new_tokens):
         with no_dropout(), torch.inference_mode(), autocast(device), values_trusted():
-            if not use_cache:
-                new_ids = ids
-            args = dict(caches=caches, start_pos=fed) if use_cache else {}
-            if encoder_decoder:
-                extra = dict(cross_caches=cross) if use_cache else {}
-                logits = model.decode(new_ids, memory, memory_mask, **args, **extra, last_only=True)
-            else:
-                logits = run(new_ids, **args, last_only=True)  # the vocabulary head for the last position only
-            fed = ids.shape[1]
+            logits = decode(new_ids, start_pos=fed, **kwargs) if use_cache else decode(ids)
             last = logits[:, -1].float()
             if check_each_step:
                 _check_finite(torch.isfinite(last).all(), step)
             else:
                 finite = torch.isfinite(last).all() if finite is None else finite & torch.isfinite(last).all()
-            token = _pick(last, temperature, top_k, top_p, generator)  # the arguments were checked in stream()
+            token = sampling.pick(last, generator)
         token = token.clone()  # outside inference mode: an ordinary tensor, usable with autograd
-        new_ids = token[:, None]  # a fresh (batch, 1) tensor: the same strides at every step, as compiled code expects
-        ids = torch.cat([ids, new_ids], dim=1)
+        fed += new_ids.shape[1]
+        # A fresh (batch, 1) tensor: the same strides at every step, as compiled code expects.
+        new_ids = token[:, None]
+        if not use_cache:  # recomputing reads the whole sequence; a cached step, the new token only
+            ids = torch.cat([ids, new_ids], dim=1)
         yield token
     if finite is not None:
         _check_finite(finite, max_new_tokens - 1, "by ")
@@ -331,16 +446,29 @@ def generate(
     """Continue prompt_ids (batch, seq) by max_new_tokens tokens; return (batch, seq + max_new_tokens).
 
     temperature=0 is greedy (argmax); temperature > 0 samples, optionally from the top_k tokens or
-    the top_p nucleus. seed makes sampling repeatable. use_cache=False recomputes the whole
-    sequence at every step (same tokens, slower). An EncoderDecoder also needs src_ids.
+    the top_p nucleus. seed makes sampling repeatable (see `Sampling`). use_cache=False recomputes the
+    whole sequence at every step (same tokens, slower). An EncoderDecoder also needs src_ids.
     """
-    new = list(stream(model, prompt_ids, max_new_tokens, src_ids=src_ids, use_cache=use_cache,
-                      temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
+    new = list(
+        stream(
+            model,
+            prompt_ids,
+            max_new_tokens,
+            src_ids=src_ids,
+            use_cache=use_cache,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+        )
+    )
     prompt = prompt_ids.to(next(unwrap(model).parameters()).device)
     return torch.cat([prompt, torch.stack(new, dim=1)], dim=1) if new else prompt.clone()
 
 
-def step_seconds(model: DecoderLM, position: int, *, use_cache: bool, repeats: int = 5, seed: int = 0) -> float:
+def step_seconds(
+    model: DecoderLM, position: int, *, use_cache: bool, repeats: int = 5, seed: int = 0
+) -> float:
     """Wall-clock seconds (best of `repeats`) of the greedy step that predicts the token after
     `position` earlier ones: one new token against a filled cache, or the whole prefix recomputed."""
     if not isinstance(model, DecoderLM):
@@ -348,14 +476,16 @@ def step_seconds(model: DecoderLM, position: int, *, use_cache: bool, repeats: i
     if not 0 <= position < model.config.context_length:
         raise ValueError(f"position={position} must be in [0, context_length={model.config.context_length})")
     device = next(model.parameters()).device
-    ids = torch.randint(0, model.config.vocab_size, (1, position + 1), generator=torch.Generator().manual_seed(seed))
+    ids = torch.randint(
+        0, model.config.vocab_size, (1, position + 1), generator=torch.Generator().manual_seed(seed)
+    )
     ids = ids.to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     best = float("inf")
     with torch.inference_mode(), autocast(device):
         if use_cache:
-            caches = new_caches(model.config, 1, position + 1, device=device,
-                                dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+            dtype = compute_dtype(device, next(model.parameters()).dtype)  # as generate makes the caches
+            caches = new_caches(model.config, 1, position + 1, device=device, dtype=dtype)
             if position:
                 model(ids[:, :position], caches=caches)  # fill the cache once; not timed
         for _ in range(repeats):
@@ -369,5 +499,5 @@ def step_seconds(model: DecoderLM, position: int, *, use_cache: bool, repeats: i
             best = min(best, time.perf_counter() - start)
             if use_cache:
                 for cache in caches:
-                    cache.length = position  # forget the timed token, so the next repeat writes the same slot
+                    cache.truncate(position)  # forget the timed token: the next repeat writes the same slot
     return best

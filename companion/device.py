@@ -2,6 +2,7 @@
 
 Chapter 0 (introduction) explains how to run the course on CPU or GPU.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,11 +21,15 @@ def check_device(choice: torch.device | str) -> torch.device:
     try:
         device = torch.device(choice)
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"device={choice!r} is not a device torch knows; expected e.g. 'cpu', 'cuda', 'cuda:1' or 'mps'") from None
+        raise ValueError(
+            f"device={choice!r} is not a device torch knows; expected e.g. 'cpu', 'cuda', 'cuda:1' or 'mps'"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {str(choice)!r} was asked for but CUDA is not available on this machine")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise RuntimeError(f"device {str(choice)!r} was asked for but this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise RuntimeError(
+            f"device {str(choice)!r} was asked for but this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise RuntimeError(f"device {str(choice)!r} was asked for but MPS is not available on this machine")
     return device
@@ -54,7 +59,9 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None = None):
     if dtype == torch.float32:
         return contextlib.nullcontext()
     if dtype not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"autocast dtype={dtype} must be torch.bfloat16, torch.float16 or torch.float32 (off)")
+        raise ValueError(
+            f"autocast dtype={dtype} must be torch.bfloat16, torch.float16 or torch.float32 (off)"
+        )
     return torch.autocast(device.type, dtype=dtype)
 
 
@@ -69,11 +76,13 @@ def compute_dtype(device: torch.device | str, default: torch.dtype = torch.float
 
 # ---------------------------------------------------------------- checks that read tensor values
 
+
 class ThreadSwitch:
-    """A switch that is on inside `with switch():` blocks, in the thread that entered them only.
+    """A switch that is on inside `with switch:` blocks, in the thread that entered them only.
 
     Blocks nest (the switch is on until the outermost one exits) and are undone on exit, like
-    `torch.no_grad()`. `attention.no_dropout` and `values_trusted` below are two such switches.
+    `torch.no_grad()`. `attention.no_dropout()` and `values_trusted()` below hand out such switches.
+    A plain class rather than a generator: decoding enters two of them at every step.
     """
 
     def __init__(self) -> None:
@@ -83,30 +92,26 @@ class ThreadSwitch:
     def on(self) -> bool:
         return getattr(self._local, "depth", 0) > 0
 
-    @contextlib.contextmanager
-    def __call__(self):
-        depth = getattr(self._local, "depth", 0)
-        self._local.depth = depth + 1
-        try:
-            yield
-        finally:
-            self._local.depth = depth
+    def __enter__(self) -> None:
+        self._local.depth = getattr(self._local, "depth", 0) + 1
+
+    def __exit__(self, *exc) -> None:
+        self._local.depth -= 1
 
 
 _trusted = ThreadSwitch()
 
 
-@contextlib.contextmanager
-def values_trusted():
-    """Within this block (this thread only), checks that read a tensor's values are skipped.
+def values_trusted() -> ThreadSwitch:
+    """`with values_trusted():` skips, within the block and in this thread only, checks that read a
+    tensor's values.
 
     Reading a value (`int(ids.max())`) copies it to the host: on a GPU that waits for every queued
     kernel, and under `torch.compile` it breaks the graph. `generate` feeds the model tokens it picked
     itself, always inside the vocabulary, so it decodes inside this block: no sync per step. Shape
     checks still run; they read no values.
     """
-    with _trusted():
-        yield
+    return _trusted
 
 
 def check_values() -> bool:

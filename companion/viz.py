@@ -2,10 +2,11 @@
 
 Chapter 2 (attention) introduces the heatmap and the explorer.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import torch
@@ -23,7 +24,9 @@ def attention_heatmap(
     """Draw one (q_pos, k_pos) weight matrix: rows are queries, columns the keys they attend to."""
     weights = weights.detach().float().cpu()
     if weights.dim() != 2:
-        raise ValueError(f"weights has shape {tuple(weights.shape)}; pass one (q_pos, k_pos) matrix, e.g. weights[0, head]")
+        raise ValueError(
+            f"weights has shape {tuple(weights.shape)}; pass one (q_pos, k_pos) matrix, e.g. weights[0, head]"
+        )
     for name, labels, size in (("queries", queries, weights.shape[0]), ("keys", keys, weights.shape[1])):
         if labels is not None and len(labels) != size:
             raise ValueError(f"{name} has {len(labels)} labels but the weights have {size} {name}")
@@ -41,7 +44,7 @@ def attention_heatmap(
     return ax
 
 
-def attention_explorer(weights: Tensor, tokens: Sequence[str], *, dpi: int = 72) -> "Explorer":
+def attention_explorer(weights: Tensor, tokens: Sequence[str], *, dpi: int = 72) -> Explorer:
     """An explorer of (layers, heads, q_pos, k_pos) weights: pick a layer, a head and a query and see
     which keys it attends to. Every choice is drawn now, so it reacts on the static site too; a
     control with one value (a one-layer model's layer) is left out. Its data is the bar heights."""
@@ -65,12 +68,24 @@ def attention_explorer(weights: Tensor, tokens: Sequence[str], *, dpi: int = 72)
         return fig, row
 
     named = ", ".join(f"{name} {{{name}}}" for name in controls)
-    return explorer(render, controls, alt=f"Bar chart of the attention weights of {named} over the keys.",
-                    start={"query": q_len - 1}, dpi=dpi)
+    return explorer(
+        render,
+        controls,
+        alt=f"Bar chart of the attention weights of {named} over the keys.",
+        start={"query": q_len - 1},
+        dpi=dpi,
+    )
 
 
-def loss_curves(curves: dict[str, Sequence[float]], *, xlabel: str = "step", ylabel: str = "loss (nats/token)",
-                title: str = "", ax: plt.Axes | None = None, log: bool = False) -> plt.Axes:
+def loss_curves(
+    curves: dict[str, Sequence[float]],
+    *,
+    xlabel: str = "step",
+    ylabel: str = "loss (nats/token)",
+    title: str = "",
+    ax: plt.Axes | None = None,
+    log: bool = False,
+) -> plt.Axes:
     """Plot named loss histories on one axis."""
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.5))
@@ -89,22 +104,14 @@ def loss_curves(curves: dict[str, Sequence[float]], *, xlabel: str = "step", yla
 def collect_attention(model: torch.nn.Module, *inputs, **kwargs) -> Tensor:
     """Run `model` once and return every self-attention layer's weights, (layers, batch, heads, q_pos, k_pos).
 
-    Uses the readable (non-fused) path only for this call, so the weights exist.
+    `record_attention(model, kind="self")` keeps them (cross-attention calls are left out); the
+    readable (non-fused) path runs for this call only, so the weights exist.
     """
-    from .attention import MultiHeadAttention
+    from .attention import record_attention
 
-    modules = [m for name, m in model.named_modules() if isinstance(m, MultiHeadAttention) and "cross" not in name]
-    if not modules:
-        raise ValueError("the model has no MultiHeadAttention layers")
-    try:
-        for m in modules:
-            m.record_weights = True
-        with torch.no_grad():
-            model(*inputs, **kwargs)
-    finally:
-        for m in modules:
-            m.record_weights = False
-    return torch.stack([m.last_weights for m in modules])
+    with torch.no_grad(), record_attention(model, kind="self") as weights:
+        model(*inputs, **kwargs)
+    return torch.stack(weights)
 
 
 # ----- Explorers that work without a kernel ------------------------------------------------------
@@ -124,8 +131,16 @@ class Explorer:
     shown_data: what render returned beside that drawing (when it returned a (Figure, data) pair).
     """
 
-    def __init__(self, box, controls: dict, values: dict, stacks: list, links: list, states: int,
-                 data: dict | None = None):
+    def __init__(
+        self,
+        box,
+        controls: dict,
+        values: dict,
+        stacks: list,
+        links: list,
+        states: int,
+        data: dict | None = None,
+    ):
         self.widget = box
         self.data = data or {}  # state (a tuple of values, in control order) -> what render returned with it
         self.links = links  # the client-side links, one per (control, stack it drives)
@@ -143,7 +158,9 @@ class Explorer:
         """Move the named controls to these values, e.g. `select(base=1000)`."""
         for name, value in values.items():
             if name not in self.controls:
-                raise ValueError(f"select() got control {name!r}; this explorer's controls are {tuple(self.controls)}")
+                raise ValueError(
+                    f"select() got control {name!r}; this explorer's controls are {tuple(self.controls)}"
+                )
             if value not in self.values[name]:
                 raise ValueError(f"select({name}={value!r}): {name} takes one of {self.values[name]}")
             self.controls[name].index = self.values[name].index(value)
@@ -186,10 +203,14 @@ def _figure_html(figure, alt: str, state: str, dpi: int) -> str:
     pixels = Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
     plt.close(figure)
     buffer = io.BytesIO()
-    pixels.quantize(EXPLORER_COLOURS, method=Image.Quantize.MEDIANCUT).save(buffer, format="png", optimize=True)
+    pixels.quantize(EXPLORER_COLOURS, method=Image.Quantize.MEDIANCUT).save(
+        buffer, format="png", optimize=True
+    )
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return (f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" '
-            f'data-explorer-state="{html.escape(state)}" style="max-width:100%">')
+    return (
+        f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" '
+        f'data-explorer-state="{html.escape(state)}" style="max-width:100%">'
+    )
 
 
 def explorer(render, controls: dict, *, alt: str, start: dict | None = None, dpi: int = 72) -> Explorer:
@@ -197,8 +218,8 @@ def explorer(render, controls: dict, *, alt: str, start: dict | None = None, dpi
 
     render(**values) draws one state and returns its matplotlib Figure, or a (Figure, data) pair
     whose data (the numbers drawn) a page can check against the library (Explorer.shown_data).
-    controls maps each control's name to the values it steps through, e.g. {"pair": [0, 4, 16], "base": [100, 10000]}; alt is the
-    text that describes each drawing, formatted with the values ("pair {pair}, base {base}").
+    controls maps each control's name to the values it steps through, e.g.
+    {"pair": [0, 4, 16], "base": [100, 10000]}; alt is the text that describes each drawing, formatted with the values ("pair {pair}, base {base}").
     Every combination is drawn once, now (at most 64 in all, so pages stay light); numbers get a
     slider, anything else a row of buttons.
     """
@@ -214,7 +235,9 @@ def explorer(render, controls: dict, *, alt: str, start: dict | None = None, dpi
     values = {}
     for name, options in controls.items():
         if not isinstance(name, str) or not name.isidentifier():
-            raise ValueError(f"control names must be Python identifiers (they are render's keywords), got {name!r}")
+            raise ValueError(
+                f"control names must be Python identifiers (they are render's keywords), got {name!r}"
+            )
         if isinstance(options, (str, bytes)) or not hasattr(options, "__len__") or len(options) == 0:
             raise ValueError(f"controls[{name!r}] must be a non-empty list of values, got {options!r}")
         options = list(options)
@@ -224,8 +247,10 @@ def explorer(render, controls: dict, *, alt: str, start: dict | None = None, dpi
     states = math.prod(len(options) for options in values.values())
     if states > MAX_EXPLORER_STATES:
         sizes = " x ".join(str(len(v)) for v in values.values())
-        raise ValueError(f"controls reach {sizes} = {states} states; an explorer draws every one, so keep it "
-                         f"at most {MAX_EXPLORER_STATES} (fewer values per control)")
+        raise ValueError(
+            f"controls reach {sizes} = {states} states; an explorer draws every one, so keep it "
+            f"at most {MAX_EXPLORER_STATES} (fewer values per control)"
+        )
     if not isinstance(alt, str) or not alt.strip():
         raise ValueError(f"alt must be a non-empty text describing each drawing, got {alt!r}")
     start = dict(start or {})
@@ -247,11 +272,14 @@ def explorer(render, controls: dict, *, alt: str, start: dict | None = None, dpi
             figure, data[tuple(chosen.values())] = figure
         if not isinstance(figure, Figure):
             plt.close("all")
-            raise TypeError(f"render({chosen}) returned {type(figure).__name__}; it must return a matplotlib Figure "
-                            "(or a (Figure, data) pair)")
+            raise TypeError(
+                f"render({chosen}) returned {type(figure).__name__}; it must return a matplotlib Figure "
+                "(or a (Figure, data) pair)"
+            )
         state = ", ".join(f"{n}={v}" for n, v in chosen.items())
-        drawings[combination] = widgets.HTML(_figure_html(figure, alt.format(**chosen), state, dpi),
-                                             layout=layout, style=style)
+        drawings[combination] = widgets.HTML(
+            _figure_html(figure, alt.format(**chosen), state, dpi), layout=layout, style=style
+        )
 
     first = [values[n].index(start[n]) if n in start else 0 for n in names]
     stacks: list[list] = [[] for _ in names]
@@ -259,8 +287,10 @@ def explorer(render, controls: dict, *, alt: str, start: dict | None = None, dpi
     def nest(level: int, prefix: tuple):
         if level == len(names):
             return drawings[prefix]
-        stack = widgets.Stack([nest(level + 1, prefix + (i,)) for i in range(len(values[names[level]]))],
-                              selected_index=first[level])
+        stack = widgets.Stack(
+            [nest(level + 1, prefix + (i,)) for i in range(len(values[names[level]]))],
+            selected_index=first[level],
+        )
         stacks[level].append(stack)
         return stack
 
@@ -270,12 +300,21 @@ def explorer(render, controls: dict, *, alt: str, start: dict | None = None, dpi
         options = [(str(v), i) for i, v in enumerate(values[name])]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values[name])
         if numeric:
-            control = widgets.SelectionSlider(options=options, index=first[level], description=name,
-                                              continuous_update=True, style={"description_width": "initial"})
+            control = widgets.SelectionSlider(
+                options=options,
+                index=first[level],
+                description=name,
+                continuous_update=True,
+                style={"description_width": "initial"},
+            )
         else:
             # Whole names on the buttons and the label: the defaults cut both to a few characters.
-            control = widgets.ToggleButtons(options=options, index=first[level], description=name,
-                                            style={"description_width": "initial", "button_width": "auto"})
+            control = widgets.ToggleButtons(
+                options=options,
+                index=first[level],
+                description=name,
+                style={"description_width": "initial", "button_width": "auto"},
+            )
         for stack in stacks[level]:
             links.append(widgets.jslink((control, "index"), (stack, "selected_index")))  # links in the page
 
@@ -300,7 +339,7 @@ def draw_sinusoids(axes, pair: int, base: float, d_model: int = 64, positions: i
     from .positions import inverse_frequencies, sinusoidal_table
 
     table = sinusoidal_table(positions, d_model, base)
-    values = table[:, 2 * pair:2 * pair + 2]
+    values = table[:, 2 * pair : 2 * pair + 2]
     wavelength = 2 * math.pi / inverse_frequencies(d_model, base)[pair].item()
     axes[0].plot(values[:, 0], label="sin (feature 2i)")
     axes[0].plot(values[:, 1], label="cos (feature 2i+1)")
@@ -317,35 +356,44 @@ def draw_sinusoids(axes, pair: int, base: float, d_model: int = 64, positions: i
     return values
 
 
-def sinusoid_explorer(d_model: int = 64, positions: int = 128,
-                      pairs: Sequence[int] = (0, 4, 8, 16, 24, 31),
-                      bases: Sequence[float] = (100, 1000, 10000, 100000), *, dpi: int = 72) -> Explorer:
+def sinusoid_explorer(
+    d_model: int = 64,
+    positions: int = 128,
+    pairs: Sequence[int] = (0, 4, 8, 16, 24, 31),
+    bases: Sequence[float] = (100, 1000, 10000, 100000),
+    *,
+    dpi: int = 72,
+) -> Explorer:
     """Chapter 3's explorer: a pair i and a base; each state shows the pair's sine and cosine and
     the dot product of position vectors against their offset. Its data: the pair's two columns."""
     if d_model % 2 or d_model <= 0:
         raise ValueError(f"d_model={d_model!r} must be a positive even number (features come in pairs)")
     bad = [i for i in pairs if not 0 <= i < d_model // 2]
     if bad:
-        raise ValueError(f"pairs {bad} are outside 0 .. {d_model // 2 - 1} (d_model={d_model} has "
-                         f"{d_model // 2} pairs)")
+        raise ValueError(
+            f"pairs {bad} are outside 0 .. {d_model // 2 - 1} (d_model={d_model} has {d_model // 2} pairs)"
+        )
 
     def render(pair: int, base: float):
         fig, axes = plt.subplots(1, 2, figsize=(9, 2.6))
         return fig, draw_sinusoids(axes, pair, base, d_model, positions)
 
     start = {"base": 10000} if 10000 in bases else None
-    return explorer(render, {"pair": list(pairs), "base": list(bases)}, start=start, dpi=dpi,
-                    alt="Left: sine and cosine of pair {pair} against position, base {base}; right: "
-                        "the dot product of position 0 with position k, all pairs and pair {pair}.")
+    return explorer(
+        render,
+        {"pair": list(pairs), "base": list(bases)},
+        start=start,
+        dpi=dpi,
+        alt="Left: sine and cosine of pair {pair} against position, base {base}; right: "
+        "the dot product of position 0 with position k, all pairs and pair {pair}.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
 # Figures the chapters draw, so that a page shows one call and the idea, not the matplotlib
 # assembly; and the run time each chapter's opening shows.
 
-from typing import Mapping, Tuple, Union  # noqa: E402  (this block's own imports, kept with it)
-
-Series = Union[Sequence[float], Tensor, Mapping[float, float], Tuple[Sequence[float], Sequence[float]]]
+Series = Sequence[float] | Tensor | Mapping[float, float] | tuple[Sequence[float], Sequence[float]]
 
 
 def _xy(name: str, values: Series, x: Sequence[float] | None) -> tuple[list[float], list[float]]:
@@ -393,8 +441,8 @@ def curves(
     """Plot named curves on one axis: {label: y values, (x, y), or {x: y}}, against `x` if given.
 
     `log` is "", "x", "y" or "xy" (log scales); `styles` gives a label its matplotlib format
-    ("o-", "--") or keyword arguments ({"lw": 0.6}); `hlines` and `vlines` draw grey reference lines, a label starting with "_" stays
-    out of the legend. Draws on `ax` and returns it; without one, draws a new figure and shows it.
+    ("o-", "--") or keyword arguments ({"lw": 0.6}); `hlines` and `vlines` draw grey reference lines,
+    a label starting with "_" stays out of the legend. Draws on `ax` and returns it; without one, draws a new figure and shows it.
     """
     if not series:
         raise ValueError("series is empty; pass {label: values} for at least one curve")
@@ -442,7 +490,9 @@ def stacked_bars(
     order = list(parts[names[0]])
     for name in names:
         if list(parts[name]) != order:
-            raise ValueError(f"parts[{name!r}] has parts {list(parts[name])}; expected {order} like the first bar")
+            raise ValueError(
+                f"parts[{name!r}] has parts {list(parts[name])}; expected {order} like the first bar"
+            )
     created = ax is None
     if created:
         _, ax = plt.subplots(figsize=figsize)

@@ -1,18 +1,30 @@
 """Decoding: cached generation equals recomputation, sampling filters do what they say, errors are clear,
 and the checkers reject typical mistakes with the matching hint."""
+
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from companion import generate, kv_cache_bytes, new_caches, presets
-from companion.decoding import KVCache, filter_top_k, filter_top_p, next_token, step_seconds, stream
+from companion.decoding import (
+    CrossKVCache,
+    KVCache,
+    Sampling,
+    filter_top_k,
+    filter_top_p,
+    next_token,
+    step_seconds,
+    stream,
+)
 from helpers import small_model
 
 
 def small(kind: str = "decoder", positional: str = "learned", seed: int = 0):
-    return small_model(kind, seed, vocab_size=23, context_length=40, d_model=32, heads=4, layers=2,
-                       positional=positional)
+    return small_model(
+        kind, seed, vocab_size=23, context_length=40, d_model=32, heads=4, layers=2, positional=positional
+    )
 
 
 @pytest.mark.parametrize("positional", ["learned", "sinusoidal", "rope"])
@@ -36,7 +48,11 @@ def test_cached_greedy_decoding_matches_recompute_encoder_decoder():
 def test_sampled_decoding_is_repeatable_and_cache_independent(kind):
     model = small(kind)
     prompt = torch.zeros(2, 1, dtype=torch.long)
-    src = torch.randint(1, 23, (2, 6), generator=torch.Generator().manual_seed(3)) if kind == "encoder-decoder" else None
+    src = (
+        torch.randint(1, 23, (2, 6), generator=torch.Generator().manual_seed(3))
+        if kind == "encoder-decoder"
+        else None
+    )
     args = dict(src_ids=src, temperature=1.3, top_k=10, top_p=0.95)
     first = generate(model, prompt, 30, seed=7, **args)
     assert torch.equal(first, generate(model, prompt, 30, seed=7, **args))
@@ -49,7 +65,9 @@ def test_logits_with_cache_equal_teacher_forcing():
     ids = torch.randint(0, 23, (2, 16), generator=torch.Generator().manual_seed(4))
     full = model(ids)
     caches = new_caches(model.config, 2, 16)
-    steps = [model(ids[:, :6], caches=caches)[:, -1]] + [model(ids[:, t:t + 1], caches=caches, start_pos=t)[:, -1] for t in range(6, 16)]
+    steps = [model(ids[:, :6], caches=caches)[:, -1]] + [
+        model(ids[:, t : t + 1], caches=caches, start_pos=t)[:, -1] for t in range(6, 16)
+    ]
     torch.testing.assert_close(torch.stack(steps, 1), full[:, 5:], atol=1e-5, rtol=1e-5)
 
 
@@ -66,13 +84,16 @@ def test_generated_ids_train_and_streaming_leaves_grad_mode_alone():
     assert torch.is_grad_enabled()  # the caller's mode between steps is its own
     ids = generate(model, torch.zeros(2, 1, dtype=torch.long), 5)
     from companion.training import next_token_loss
+
     next_token_loss(model(ids), ids).backward()  # ordinary tensors, not inference tensors
 
 
 def test_cache_memory_matches_formula():
     config = presets["tiny"]
     caches = new_caches(config, batch=3, capacity=100)
-    assert sum(c.nbytes for c in caches) == kv_cache_bytes(config, 100, batch=3) == 2 * 4 * 4 * 32 * 100 * 4 * 3
+    assert (
+        sum(c.nbytes for c in caches) == kv_cache_bytes(config, 100, batch=3) == 2 * 4 * 4 * 32 * 100 * 4 * 3
+    )
     half = new_caches(config, batch=1, capacity=10, dtype=torch.bfloat16)
     assert sum(c.nbytes for c in half) == kv_cache_bytes(config, 10, bytes_per_value=2)
 
@@ -122,15 +143,35 @@ def test_look_ahead_breaks_the_cache():
     [
         (lambda m: generate(m, torch.zeros(1, 41, dtype=torch.long), 1), "context is 40 positions"),
         (lambda m: generate(m, torch.zeros(1, 30, dtype=torch.long), 11), "31 positions|41 positions"),
-        (lambda m: generate(m, torch.zeros(1, 1, dtype=torch.long), 3, temperature=1.0, top_p=0.0), r"top_p=0.0 must be in \(0, 1\]"),
-        (lambda m: generate(m, torch.zeros(1, 1, dtype=torch.long), 3, temperature=1.0, top_p=1.5), "top_p=1.5"),
-        (lambda m: generate(m, torch.zeros(1, 1, dtype=torch.long), 3, temperature=-0.5), "temperature=-0.5 must be > 0"),
-        (lambda m: generate(m, torch.zeros(1, 1, dtype=torch.long), 3, top_k=5), "temperature=0 means greedy"),
+        (
+            lambda m: generate(m, torch.zeros(1, 1, dtype=torch.long), 3, temperature=1.0, top_p=0.0),
+            r"top_p=0.0 must be in \(0, 1\]",
+        ),
+        (
+            lambda m: generate(m, torch.zeros(1, 1, dtype=torch.long), 3, temperature=1.0, top_p=1.5),
+            "top_p=1.5",
+        ),
+        (
+            lambda m: generate(m, torch.zeros(1, 1, dtype=torch.long), 3, temperature=-0.5),
+            "temperature=-0.5 must be > 0",
+        ),
+        (
+            lambda m: generate(m, torch.zeros(1, 1, dtype=torch.long), 3, top_k=5),
+            "temperature=0 means greedy",
+        ),
         (lambda m: generate(m, torch.zeros(1, 1, dtype=torch.long), 3, temperature=1.0, top_k=0), "top_k=0"),
         (lambda m: generate(m, torch.zeros(1, 1, dtype=torch.long), -1), "max_new_tokens=-1"),
         (lambda m: generate(m, torch.zeros(1, 1), 3), "integer token ids"),
-        (lambda m: generate(m, torch.zeros(1, 1, dtype=torch.long), 3, src_ids=torch.zeros(1, 2, dtype=torch.long)), "only for an EncoderDecoder"),
-        (lambda m: generate(torch.nn.Linear(2, 2), torch.zeros(1, 1, dtype=torch.long), 3), "DecoderLM or an EncoderDecoder"),
+        (
+            lambda m: generate(
+                m, torch.zeros(1, 1, dtype=torch.long), 3, src_ids=torch.zeros(1, 2, dtype=torch.long)
+            ),
+            "only for an EncoderDecoder",
+        ),
+        (
+            lambda m: generate(torch.nn.Linear(2, 2), torch.zeros(1, 1, dtype=torch.long), 3),
+            "DecoderLM or an EncoderDecoder",
+        ),
         (lambda m: stream(m, torch.zeros(1, 1, dtype=torch.long), 3, temperature=-1.0), "temperature=-1.0"),
         (lambda m: new_caches(m.config, 1, 41), "capacity=41"),
     ],
@@ -162,3 +203,50 @@ def test_cache_refuses_to_overflow():
     with pytest.raises(ValueError, match="holds 4 positions; 3 are used and 2 more"):
         cache.append(torch.zeros(1, 2, 2, 3), torch.zeros(1, 2, 2, 3))
 
+
+def test_sampling_settings_are_checked_once_and_frozen():
+    sampling = Sampling(temperature=0.7, top_k=5, seed=3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sampling.temperature = 0.0  # a checked setting cannot be changed into an unchecked one
+    assert Sampling().greedy and not sampling.greedy
+    logits = torch.randn(4, 9, generator=torch.Generator().manual_seed(0))
+    # pick draws what next_token draws with the same generator state: one rule in one place
+    assert torch.equal(
+        sampling.pick(logits, sampling.generator()),
+        next_token(logits, 0.7, top_k=5, generator=torch.Generator().manual_seed(3)),
+    )
+    for bad, message in (
+        (dict(temperature=-1), "temperature=-1"),
+        (dict(top_k=0, temperature=1.0), "top_k=0"),
+        (dict(top_p=1.5, temperature=1.0), "top_p=1.5"),
+        (dict(seed=-2), "seed=-2"),
+        (dict(top_k=3), "temperature=0 means greedy"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            Sampling(**bad)
+
+
+def test_kv_cache_truncate_forgets_the_latest_positions_only():
+    cache = KVCache(1, 2, 6, 3)
+    a, b = torch.randn(1, 2, 4, 3), torch.randn(1, 2, 2, 3)
+    cache.append(a, -a)
+    cache.truncate(2)
+    assert len(cache) == 2
+    keys, values = cache.append(b, -b)  # written at position 2, after the two kept
+    assert torch.equal(keys, torch.cat([a[:, :, :2], b], 2)) and torch.equal(values, -keys)
+    cache.truncate()
+    assert len(cache) == 0 and cache.stored()[0].shape == (1, 2, 0, 3)
+    for bad in (-1, 1, 2.0, True):  # more than stored, negative, not a whole number
+        with pytest.raises(ValueError, match=r"truncate\(length=.*\[0, 0\]"):
+            cache.truncate(bad)
+
+
+def test_cross_cache_is_filled_once():
+    cache = CrossKVCache()
+    with pytest.raises(RuntimeError, match="empty; run one decoding step first"):
+        cache.stored()
+    k = torch.randn(1, 2, 5, 3)
+    assert cache.fill(k, -k)[0] is k and len(cache) == 5
+    with pytest.raises(RuntimeError, match="already filled"):
+        cache.fill(k, k)
+    assert torch.equal(cache.stored()[1], -k)

@@ -1,8 +1,10 @@
 """Models: published parameter counts, shapes, tied embeddings, clear errors for bad ids."""
+
 import pytest
 import torch
 
 from companion import TransformerConfig, build_model, count_parameters, presets
+from companion.attention import record_attention
 
 # Published counts: BERT (Devlin et al. 2019; BertModel with pooler), GPT-2 small (Radford et al. 2019).
 PUBLISHED = {"bert-base": 109_482_240, "bert-large": 335_141_888, "gpt2-small": 124_439_808}
@@ -34,8 +36,16 @@ def test_gpt2_output_layer_is_tied_to_the_input_embedding():
 @pytest.mark.parametrize("positional", ["sinusoidal", "learned", "rope", "none"])
 def test_every_model_kind_runs_forward_and_backward(kind, norm, positional):
     torch.manual_seed(0)
-    config = TransformerConfig(kind=kind, vocab_size=20, context_length=16, d_model=16, heads=2, layers=2,
-                               norm=norm, positional=positional)
+    config = TransformerConfig(
+        kind=kind,
+        vocab_size=20,
+        context_length=16,
+        d_model=16,
+        heads=2,
+        layers=2,
+        norm=norm,
+        positional=positional,
+    )
     model = build_model(config)
     ids = torch.randint(0, 20, (3, 10))
     out = model(ids, ids[:, :7]) if kind == "encoder-decoder" else model(ids)
@@ -62,7 +72,9 @@ def test_decoder_is_causal_end_to_end():
 
 def test_padding_is_hidden_from_the_encoder():
     torch.manual_seed(0)
-    config = TransformerConfig(kind="encoder", vocab_size=20, context_length=16, d_model=16, heads=2, layers=2, pad_id=0)
+    config = TransformerConfig(
+        kind="encoder", vocab_size=20, context_length=16, d_model=16, heads=2, layers=2, pad_id=0
+    )
     model = build_model(config).eval()
     short = torch.tensor([[3, 4, 5, 0, 0]])
     longer_pad = torch.tensor([[3, 4, 5, 0, 0, 0, 0]])
@@ -115,7 +127,11 @@ from companion.models import DecoderBlock, EncoderBlock, EncoderDecoder  # noqa:
 
 
 def formula(d_model: int, d_ff: int, cross: bool) -> int:
-    attention, feed_forward, norm = 4 * (d_model**2 + d_model), 2 * d_model * d_ff + d_ff + d_model, 2 * d_model
+    attention, feed_forward, norm = (
+        4 * (d_model**2 + d_model),
+        2 * d_model * d_ff + d_ff + d_model,
+        2 * d_model,
+    )
     return (2 * attention + feed_forward + 3 * norm) if cross else (attention + feed_forward + 2 * norm)
 
 
@@ -135,7 +151,9 @@ def test_published_counts_are_exact():
 
 def tiny_seq2seq(seed=0):
     torch.manual_seed(seed)
-    config = TransformerConfig(kind="encoder-decoder", vocab_size=11, context_length=12, d_model=16, heads=2, layers=2)
+    config = TransformerConfig(
+        kind="encoder-decoder", vocab_size=11, context_length=12, d_model=16, heads=2, layers=2
+    )
     return EncoderDecoder(config).eval()
 
 
@@ -166,7 +184,11 @@ def test_greedy_decode_keeps_the_training_flag():
     [
         (dict(length=-1), ValueError, "max_new_tokens=-1 must be a whole number >= 0"),
         (dict(length=12), ValueError, "context is 12"),
-        (dict(start_id=11), ValueError, r"prompt_ids holds token ids in \[11, 11\] but the vocabulary is \[0, 10\]"),
+        (
+            dict(start_id=11),
+            ValueError,
+            r"prompt_ids holds token ids in \[11, 11\] but the vocabulary is \[0, 10\]",
+        ),
     ],
 )
 def test_greedy_decode_rejects_bad_arguments(kwargs, error, message):
@@ -253,8 +275,9 @@ def test_dropout_acts_where_the_paper_puts_it(norm):
     assert 0.35 < (embedded == 0).float().mean() < 0.65
     # Not on the attention weights: every row still sums to 1.
     attention = block.attention
-    attention(x, causal=True, keep_weights=True)
-    torch.testing.assert_close(attention.last_weights.sum(-1), torch.ones(1, config.heads, 6).expand(2, -1, -1))
+    with record_attention(attention) as kept:
+        attention(x, causal=True)
+    torch.testing.assert_close(kept[0].sum(-1), torch.ones(1, config.heads, 6).expand(2, -1, -1))
     # Every dropout module with p > 0 is one of these places: the embedding sum and the block's residual dropout.
     dropping = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Dropout) and m.p > 0}
     assert dropping == {"embed.dropout", "decoder.blocks.0.dropout"}
@@ -266,7 +289,10 @@ def test_original_base_preset_drops_out_as_the_paper_does():
     with torch.device("meta"):
         model = build_model(config)
     rates = {name: m.p for name, m in model.named_modules() if isinstance(m, torch.nn.Dropout)}
-    assert all(p == 0.0 for name, p in rates.items() if name.endswith("feed_forward.dropout"))  # none inside the FFN
+    assert all(
+        p == 0.0 for name, p in rates.items() if name.endswith("feed_forward.dropout")
+    )  # none inside the FFN
     dropped = {name for name, p in rates.items() if p == 0.1}
-    assert dropped == {"embed.dropout"} | {f"{stack}.blocks.{i}.dropout" for stack in ("encoder", "decoder")
-                                           for i in range(6)}
+    assert dropped == {"embed.dropout"} | {
+        f"{stack}.blocks.{i}.dropout" for stack in ("encoder", "decoder") for i in range(6)
+    }
