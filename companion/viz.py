@@ -219,7 +219,8 @@ def explorer(render, controls: dict, *, alt: str, start: dict | None = None, dpi
     render(**values) draws one state and returns its matplotlib Figure, or a (Figure, data) pair
     whose data (the numbers drawn) a page can check against the library (Explorer.shown_data).
     controls maps each control's name to the values it steps through, e.g.
-    {"pair": [0, 4, 16], "base": [100, 10000]}; alt is the text that describes each drawing, formatted with the values ("pair {pair}, base {base}").
+    {"pair": [0, 4, 16], "base": [100, 10000]}; alt is the text that describes each drawing,
+    formatted with the values ("pair {pair}, base {base}").
     Every combination is drawn once, now (at most 64 in all, so pages stay light); numbers get a
     slider, anything else a row of buttons.
     """
@@ -442,7 +443,8 @@ def curves(
 
     `log` is "", "x", "y" or "xy" (log scales); `styles` gives a label its matplotlib format
     ("o-", "--") or keyword arguments ({"lw": 0.6}); `hlines` and `vlines` draw grey reference lines,
-    a label starting with "_" stays out of the legend. Draws on `ax` and returns it; without one, draws a new figure and shows it.
+    a label starting with "_" stays out of the legend. Draws on `ax` and returns it; without one, draws a
+    new figure and shows it.
     """
     if not series:
         raise ValueError("series is empty; pass {label: values} for at least one curve")
