@@ -17,6 +17,7 @@ from einops import einsum, rearrange, repeat
 from torch import Tensor, nn
 
 from .device import ThreadSwitch
+from .validation import expect, fraction, is_whole, one_of, whole_number
 
 # ---------------------------------------------------------------- dropout, switched off per thread
 
@@ -56,20 +57,15 @@ ATTENTION_PATHS = ("fused", "einops")
 # ---------------------------------------------------------------- masks
 
 
-def _check_length(name: str, value, minimum: int = 0) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be a whole number >= {minimum}")
-
-
 def causal_mask(q_len: int, k_len: int | None = None, device: torch.device | str | None = None) -> Tensor:
     """Boolean (q_pos, k_pos) mask, True where a query may look.
 
     Query i sits at absolute position k_len - q_len + i (the queries are the last q_len
     positions, as when decoding with a cache), and may look at keys up to that position.
     """
-    _check_length("q_len", q_len)
+    whole_number("q_len", q_len, 0)
     k_len = q_len if k_len is None else k_len
-    _check_length("k_len", k_len)
+    whole_number("k_len", k_len, 0)
     if q_len > k_len:
         raise ValueError(
             f"causal_mask got q_len={q_len} > k_len={k_len}; queries must be the last k_len positions or fewer"
@@ -82,8 +78,7 @@ def sliding_window_mask(
     q_len: int, window: int, k_len: int | None = None, device: torch.device | str | None = None
 ) -> Tensor:
     """Causal mask that also hides keys more than `window - 1` positions back (local attention)."""
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window={window!r} must be at least 1 (a query always sees itself)")
+    whole_number("window", window, 1, note="a query always sees itself")
     k_len = q_len if k_len is None else k_len
     mask = causal_mask(q_len, k_len, device)
     q_abs = torch.arange(k_len - q_len, k_len, device=device)
@@ -219,8 +214,7 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: 
         )
     if k.shape[2] != v.shape[2]:
         raise ValueError(f"k has {k.shape[2]} positions but v has {v.shape[2]}; every key needs a value")
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p={dropout_p!r} must be a number in [0, 1)")
+    fraction("dropout_p", dropout_p)
     if mask is not None:
         check_mask(mask, q.shape[0], q.shape[1], q.shape[2], k.shape[2])
 
@@ -378,11 +372,12 @@ class MultiHeadAttention(nn.Module):
                 f"d_model={d_model} is not divisible by heads={heads}; d_head must be a whole number"
             )
         kv_heads = heads if kv_heads is None else kv_heads
-        if isinstance(kv_heads, bool) or not isinstance(kv_heads, int) or kv_heads < 1 or heads % kv_heads:
-            raise ValueError(
-                f"kv_heads={kv_heads!r} must be a whole number that divides heads={heads}: "
-                "each key/value head serves heads / kv_heads query heads"
-            )
+        expect(
+            is_whole(kv_heads) and kv_heads >= 1 and heads % kv_heads == 0,
+            "kv_heads",
+            kv_heads,
+            f"a whole number that divides heads={heads} (each key/value head serves heads / kv_heads query heads)",
+        )
         self.d_model, self.heads, self.d_head = d_model, heads, d_model // heads
         self.kv_heads = kv_heads
         self.to_q = nn.Linear(d_model, d_model, bias=bias)
@@ -486,8 +481,7 @@ def record_attention(*modules: nn.Module, kind: str = "all") -> Iterator[list[Te
         with record_attention(model, kind="self") as weights:
             model(ids)
     """
-    if kind not in ("all", "self", "cross"):
-        raise ValueError(f"kind={kind!r} must be 'all', 'self' or 'cross'")
+    one_of("kind", kind, ("all", "self", "cross"))
     for m in modules:
         if not isinstance(m, nn.Module):
             raise TypeError(

@@ -41,6 +41,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 
 from .data import _token_list
+from .validation import whole_number
 
 # GPT-2's pre-tokenisation pattern: contractions, words, numbers, punctuation runs, each taking
 # one leading space; runs of spaces keep their last space for the word that follows.
@@ -117,11 +118,12 @@ class BPETokenizer:
             )
         special_tokens = _check_special_tokens(special_tokens)
         smallest = 256 + len(special_tokens)
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < smallest:
-            raise ValueError(
-                f"vocab_size={vocab_size!r} must be a whole number >= {smallest}: "
-                f"256 byte tokens + {len(special_tokens)} special tokens, then one per merge"
-            )
+        whole_number(
+            "vocab_size",
+            vocab_size,
+            smallest,
+            note=f"256 byte tokens + {len(special_tokens)} special tokens, then one per merge",
+        )
         num_merges = vocab_size - smallest
 
         # Every distinct piece once, as a list of byte ids, with how often it occurs.

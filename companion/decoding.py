@@ -5,7 +5,6 @@ Chapter 6 (decoder inference and the KV cache) explains them.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from .attention import no_dropout
 from .config import TransformerConfig
 from .device import autocast, compute_dtype, values_trusted
 from .models import DecoderLM, EncoderDecoder, check_ids
+from .validation import expect, flag, is_number, is_whole, sizes, whole_number
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -43,9 +43,7 @@ class KVCache:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ):
-        for name, value in (("batch", batch), ("heads", heads), ("capacity", capacity), ("d_head", d_head)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"KVCache: {name}={value!r} must be a positive whole number")
+        sizes(batch=batch, heads=heads, capacity=capacity, d_head=d_head)
         self.keys = torch.zeros(batch, heads, capacity, d_head, device=device, dtype=dtype)
         self.values = torch.zeros_like(self.keys)
         self.length = 0
@@ -87,11 +85,12 @@ class KVCache:
     def truncate(self, length: int = 0) -> None:
         """Forget every position from `length` on (0, the default, empties the cache); the next append
         writes at `length`. Nothing is freed: the preallocated tensors stay for reuse."""
-        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= self.length:
-            raise ValueError(
-                f"truncate(length={length!r}): length must be a whole number in "
-                f"[0, {self.length}], the positions to keep"
-            )
+        expect(
+            is_whole(length) and 0 <= length <= self.length,
+            "length",
+            length,
+            f"a whole number in [0, {self.length}], the positions to keep",
+        )
         self.length = length
 
     @property
@@ -141,16 +140,13 @@ def new_caches(
         raise TypeError(
             f"new_caches takes the model's TransformerConfig (model.config), got {type(config).__name__}"
         )
-    if (
-        isinstance(capacity, bool)
-        or not isinstance(capacity, int)
-        or not 1 <= capacity <= config.context_length
-    ):
-        raise ValueError(f"capacity={capacity!r} must be in [1, context_length={config.context_length}]")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(
-            f"batch={batch!r} must be a positive whole number, the number of sequences decoded together"
-        )
+    expect(
+        is_whole(capacity) and 1 <= capacity <= config.context_length,
+        "capacity",
+        capacity,
+        f"a whole number in [1, context_length={config.context_length}]",
+    )
+    whole_number("batch", batch, note="the number of sequences decoded together")
     layers = config.decoder_layers if config.kind == "encoder-decoder" else config.layers
     return [KVCache(batch, config.n_kv_heads, capacity, config.d_head, device, dtype) for _ in range(layers)]
 
@@ -169,19 +165,12 @@ def kv_cache_bytes(
 # ---------------------------------------------------------------- picking the next token
 
 
-def _real(x) -> bool:
-    """A finite int or float, not a bool (True is not a temperature)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _check_top_k(k) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"top_k={k!r} must be a whole number >= 1, the number of most likely tokens to keep")
+    whole_number("top_k", k, note="the number of most likely tokens to keep")
 
 
 def _check_top_p(p) -> None:
-    if not _real(p) or not 0.0 < p <= 1.0:
-        raise ValueError(f"top_p={p!r} must be in (0, 1]; 1 keeps every token")
+    expect(is_number(p) and 0.0 < p <= 1.0, "top_p", p, "a number in (0, 1]; 1 keeps every token")
 
 
 def filter_top_k(logits: Tensor, k: int) -> Tensor:
@@ -220,10 +209,12 @@ class Sampling:
 
     def __post_init__(self) -> None:
         t = self.temperature
-        if not _real(t) or t < 0:
-            raise ValueError(
-                f"temperature={t!r} must be > 0 to sample, or 0 for greedy decoding (a finite number)"
-            )
+        expect(
+            is_number(t) and t >= 0,
+            "temperature",
+            t,
+            "a finite number > 0 to sample, or 0 for greedy decoding",
+        )
         if t == 0 and (self.top_k is not None or self.top_p is not None):
             raise ValueError(
                 f"temperature=0 means greedy decoding, which ignores top_k={self.top_k} and "
@@ -234,10 +225,12 @@ class Sampling:
         if self.top_p is not None:
             _check_top_p(self.top_p)
         seed = self.seed
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63
-        ):
-            raise ValueError(f"seed={seed!r} must be None or a whole number >= 0")
+        expect(
+            seed is None or (is_whole(seed) and 0 <= seed < 2**63),
+            "seed",
+            seed,
+            "None or a whole number >= 0",
+        )
 
     @property
     def greedy(self) -> bool:
@@ -322,10 +315,8 @@ def stream(
             f"got {type(inner).__name__}"
         )
     config = inner.config
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a whole number >= 0")
-    if not isinstance(use_cache, bool):
-        raise ValueError(f"use_cache={use_cache!r} must be True or False")
+    whole_number("max_new_tokens", max_new_tokens, 0)
+    flag("use_cache", use_cache)
     check_ids(prompt_ids, config, "prompt_ids")
     total = prompt_ids.shape[1] + max_new_tokens
     if total > config.context_length:

@@ -12,6 +12,8 @@ import threading
 
 import torch
 
+from .validation import whole_number
+
 ENV_VAR = "COMPANION_DEVICE"
 
 
@@ -125,8 +127,7 @@ def check_values() -> bool:
 
 def seed_everything(seed: int = 0) -> torch.Generator:
     """Seed Python and torch (all devices); return a CPU generator seeded the same."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed={seed!r} must be a whole number >= 0")
+    whole_number("seed", seed, 0)
     random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)

@@ -362,8 +362,8 @@ CASES = [
     Case("attention", "causal_mask of negative length", lambda tmp: causal_mask(-1), ValueError, ("q_len=-1", "whole number >= 0")),
     Case("attention", "causal_mask of fractional length", lambda tmp: causal_mask(3, 2.5), ValueError, ("k_len=2.5", "whole number >= 0")),
     Case("attention", "causal_mask with more queries than keys", lambda tmp: causal_mask(5, 3), ValueError, ("q_len=5 > k_len=3", "last k_len positions")),
-    Case("attention", "sliding window of 0", lambda tmp: sliding_window_mask(4, 0), ValueError, ("window=0", "at least 1")),
-    Case("attention", "sliding window is a bool", lambda tmp: sliding_window_mask(4, True), ValueError, ("window=True", "at least 1")),
+    Case("attention", "sliding window of 0", lambda tmp: sliding_window_mask(4, 0), ValueError, ("window=0", "whole number >= 1")),
+    Case("attention", "sliding window is a bool", lambda tmp: sliding_window_mask(4, True), ValueError, ("window=True", "whole number >= 1")),
     Case("attention", "padding_mask of 1-D ids", lambda tmp: padding_mask(ids()[0], 0), ValueError, ("padding_mask: ids=(8,)", "(batch, seq)")),
     Case("attention", "padding_mask pad_id is a float", lambda tmp: padding_mask(ids(), 0.5), TypeError, ("pad_id=0.5", "whole number")),
     Case("attention", "MHA with a (batch, seq) mask", lambda tmp: MultiHeadAttention(16, 2)(torch.randn(2, 8, 16), mask=ids(2, 8) != 0),
@@ -429,10 +429,10 @@ CASES = [
     Case("generate", "next_token of 3-D logits", lambda tmp: next_token(torch.zeros(1, 2, 5)), ValueError, ("logits", "(batch, vocab)")),
     Case("generate", "filter_top_k with k=True", lambda tmp: filter_top_k(torch.zeros(1, 5), True), ValueError, ("top_k=True", "whole number >= 1")),
     Case("generate", "filter_top_p with p=NaN", lambda tmp: filter_top_p(torch.zeros(1, 5), math.nan), ValueError, ("top_p=nan", "(0, 1]")),
-    Case("generate", "new_caches for no sequences", lambda tmp: new_caches(decoder().config, 0, 4), ValueError, ("batch=0", "positive whole number")),
+    Case("generate", "new_caches for no sequences", lambda tmp: new_caches(decoder().config, 0, 4), ValueError, ("batch=0", "whole number >= 1")),
     Case("generate", "new_caches capacity is a float", lambda tmp: new_caches(decoder().config, 1, 2.0), ValueError, ("capacity=2.0", "[1, context_length=16]")),
     Case("generate", "new_caches of a preset name", lambda tmp: new_caches("tiny", 1, 4), TypeError, ("new_caches", "TransformerConfig")),
-    Case("generate", "a cache of capacity 0", lambda tmp: KVCache(1, 2, 0, 8), ValueError, ("capacity=0", "positive whole number")),
+    Case("generate", "a cache of capacity 0", lambda tmp: KVCache(1, 2, 0, 8), ValueError, ("capacity=0", "whole number >= 1")),
 
     # checkpoints
     Case("checkpoints", "truncated file", lambda tmp: load_into_decoder(damaged(tmp, "half.pt", lambda p: truncated(p, good_checkpoint(tmp)))),

@@ -339,13 +339,17 @@ def test_encode_matches_tokenizers_given_its_merges(corpus, hf_and_ours):
     "call, error, message",
     [
         (lambda: BPETokenizer.train(b"bytes", 300), TypeError, r"text must be a str, got bytes"),
-        (lambda: BPETokenizer.train("abc", 255), ValueError, r"vocab_size=255 must be a whole number >= 256"),
+        (
+            lambda: BPETokenizer.train("abc", 255),
+            ValueError,
+            r"vocab_size=255: expected a whole number >= 256",
+        ),
         (
             lambda: BPETokenizer.train("abc", 257, ("<a>", "<b>")),
             ValueError,
-            r"vocab_size=257 .* >= 258.*2 special",
+            r"vocab_size=257: expected .* >= 258.*2 special",
         ),
-        (lambda: BPETokenizer.train("abc", 300.0), ValueError, r"vocab_size=300.0 must be a whole number"),
+        (lambda: BPETokenizer.train("abc", 300.0), ValueError, r"vocab_size=300.0: expected a whole number"),
         (
             lambda: BPETokenizer.train("abc", 300, EOT),
             TypeError,

@@ -145,7 +145,7 @@ def test_look_ahead_breaks_the_cache():
         (lambda m: generate(m, torch.zeros(1, 30, dtype=torch.long), 11), "31 positions|41 positions"),
         (
             lambda m: generate(m, torch.zeros(1, 1, dtype=torch.long), 3, temperature=1.0, top_p=0.0),
-            r"top_p=0.0 must be in \(0, 1\]",
+            r"top_p=0.0: expected a number in \(0, 1\]",
         ),
         (
             lambda m: generate(m, torch.zeros(1, 1, dtype=torch.long), 3, temperature=1.0, top_p=1.5),
@@ -153,7 +153,7 @@ def test_look_ahead_breaks_the_cache():
         ),
         (
             lambda m: generate(m, torch.zeros(1, 1, dtype=torch.long), 3, temperature=-0.5),
-            "temperature=-0.5 must be > 0",
+            "temperature=-0.5: expected a finite number > 0",
         ),
         (
             lambda m: generate(m, torch.zeros(1, 1, dtype=torch.long), 3, top_k=5),
@@ -237,7 +237,7 @@ def test_kv_cache_truncate_forgets_the_latest_positions_only():
     cache.truncate()
     assert len(cache) == 0 and cache.stored()[0].shape == (1, 2, 0, 3)
     for bad in (-1, 1, 2.0, True):  # more than stored, negative, not a whole number
-        with pytest.raises(ValueError, match=r"truncate\(length=.*\[0, 0\]"):
+        with pytest.raises(ValueError, match=r"length=.*: expected a whole number in \[0, 0\]"):
             cache.truncate(bad)
 
 

@@ -182,7 +182,7 @@ def test_greedy_decode_keeps_the_training_flag():
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        (dict(length=-1), ValueError, "max_new_tokens=-1 must be a whole number >= 0"),
+        (dict(length=-1), ValueError, "max_new_tokens=-1: expected a whole number >= 0"),
         (dict(length=12), ValueError, "context is 12"),
         (
             dict(start_id=11),

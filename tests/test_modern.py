@@ -167,7 +167,7 @@ def test_config_refuses_bad_modern_choices_by_name(changes, message):
 
 
 def test_attention_refuses_kv_heads_that_do_not_divide_heads():
-    with pytest.raises(ValueError, match=r"kv_heads=3 must be a whole number that divides heads=4"):
+    with pytest.raises(ValueError, match=r"kv_heads=3: expected a whole number that divides heads=4"):
         MultiHeadAttention(24, 4, kv_heads=3)
 
 
