@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .data import IGNORE_INDEX  # defined with the targets it marks; training.IGNORE_INDEX is the same
-from .device import autocast, check_device
+from .device import autocast, check_device, check_values
 from .validation import expect, flag, fraction, is_number, is_whole, one_of, positive_number, whole_number
 
 # ---------------------------------------------------------------- softmax, cross-entropy, clipping
@@ -80,7 +80,9 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = IGNORE_IN
         )
     vocab = logits.shape[-1]
     keep = targets != ignore_index
-    if targets.device.type == "cpu" and keep.any():  # on an accelerator this check would wait on the device
+    # Reading the ids back: on an accelerator it would wait on the device, and compiled code skips it
+    # (it would break the graph; check_values).
+    if targets.device.type == "cpu" and check_values() and keep.any():
         low, high = int(targets[keep].min()), int(targets[keep].max())
         if low < 0 or high >= vocab:
             raise ValueError(

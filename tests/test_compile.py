@@ -81,6 +81,16 @@ def test_fullgraph_training_step_matches_eager():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_the_loss_compiles_in_the_same_graph_as_the_model():
+    """The library's cross-entropy reads the targets back only in eager mode: compiled, forward and loss are
+    one graph (bench_compile's "training step" row), and eager still names an out-of-range target."""
+    model, x = small(dropout=0.0), ids((3, 16), 3)
+    explained = torch._dynamo.explain(lambda t: next_token_loss(model(t), t))(x)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+    with pytest.raises(ValueError, match=r"targets hold ids in \[1, 40\]"):
+        next_token_loss(torch.randn(1, 4, 37), torch.tensor([[0, 40, 1, 2]]))
+
+
 def test_generate_takes_a_compiled_model_and_compiles_once_for_every_length():
     model = small()
     counter = Counting()
