@@ -16,7 +16,7 @@ from .config import TransformerConfig
 from .device import check_values
 from .layers import ACTIVATIONS, GATED, FeedForward, LayerNorm, SwiGLU, make_norm, residual
 from .positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions
-from .validation import whole_number
+from .validation import token_ids, whole_number
 
 
 def check_start_pos(start_pos) -> None:
@@ -29,33 +29,20 @@ def check_start_pos(start_pos) -> None:
 
 
 def check_ids(ids: Tensor, config: TransformerConfig, name: str = "ids", start_pos: int = 0) -> None:
-    """Raise a clear error for token ids the model cannot take."""
-    if not isinstance(ids, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(ids).__name__}")
-    if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.dtype.is_complex:
-        raise TypeError(f"{name} has dtype {ids.dtype}; expected integer token ids (torch.long)")
-    if ids.dim() != 2:
-        raise ValueError(f"{name} has shape {tuple(ids.shape)}; expected 2 dims (batch, seq)")
-    if ids.shape[0] == 0:
-        raise ValueError(f"{name} has shape {tuple(ids.shape)}: an empty batch; give at least one sequence")
-    if ids.shape[1] == 0:
-        raise ValueError(f"{name} has shape {tuple(ids.shape)}: an empty sequence; give at least one token")
+    """Raise a clear error for token ids the model cannot take: their kind and shape, their positions
+    against the context, and (in eager mode, see `device.check_values`) their values against the
+    vocabulary."""
+    token_ids(name, ids, config.vocab_size, read_values=False)
     check_start_pos(start_pos)
-    end = start_pos + ids.shape[1]
-    if end > config.context_length:
+    if start_pos + ids.shape[1] > config.context_length:
         raise ValueError(
             f"{name} has shape {tuple(ids.shape)}"
             + (f" starting at position {start_pos}" if start_pos else "")
             + f" but the model's context is {config.context_length} positions;"
             " truncate the sequence or use a config with a longer context_length"
         )
-    if not check_values():  # compiled, or decoding its own tokens: reading values would sync and break graphs
-        return
-    low, high = int(ids.min()), int(ids.max())
-    if low < 0 or high >= config.vocab_size:
-        raise ValueError(
-            f"{name} holds token ids in [{low}, {high}] but the vocabulary is [0, {config.vocab_size - 1}]"
-        )
+    if check_values():  # compiled, or decoding its own tokens: reading values would sync and break graphs
+        token_ids(name, ids, config.vocab_size)
 
 
 def check_caches(caches, layers: int, start_pos: int, name: str = "caches") -> None:

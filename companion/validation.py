@@ -73,18 +73,26 @@ def one_of(name: str, value, options, note: str = "") -> None:
     expect(isinstance(value, str) and value in options, name, value, expected)
 
 
-def token_ids(name: str, ids, vocab_size: int) -> None:
-    """ids is an integer tensor (batch, seq), neither axis empty, every id in [0, vocab_size)."""
+def token_ids(name: str, ids, vocab_size: int, *, read_values: bool = True) -> None:
+    """ids is an integer tensor (batch, seq), neither axis empty, every id in [0, vocab_size).
+
+    read_values=False checks the kind and shape only: reading the ids back waits for an accelerator and
+    breaks a compiled graph (the models pass `device.check_values()`)."""
     if not isinstance(ids, Tensor):
         raise TypeError(
             f"{name} is a {type(ids).__name__}: expected a torch.Tensor of integer token ids (torch.long)"
         )
     if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.dtype.is_complex:
         raise TypeError(f"{name} has dtype {ids.dtype}: expected integer token ids (torch.long)")
-    if ids.dim() != 2 or 0 in ids.shape:
-        raise ValueError(
-            f"{name} has shape {tuple(ids.shape)}: expected 2 dims (batch, seq), each at least 1"
-        )
+    shape = tuple(ids.shape)
+    if ids.dim() != 2:
+        raise ValueError(f"{name} has shape {shape}: expected 2 dims (batch, seq)")
+    if shape[0] == 0:
+        raise ValueError(f"{name} has shape {shape}, an empty batch: expected at least one sequence")
+    if shape[1] == 0:
+        raise ValueError(f"{name} has shape {shape}, an empty sequence: expected at least one token")
+    if not read_values:
+        return
     low, high = int(ids.min()), int(ids.max())
     if low < 0 or high >= vocab_size:
         raise ValueError(

@@ -291,10 +291,10 @@ CASES = [
     # forward passes: ids, start_pos, caches, masks, segments
     Case("forward", "float ids", lambda tmp: decoder()(torch.rand(2, 8)), TypeError, ("ids", "integer token ids")),
     Case("forward", "1-D ids", lambda tmp: decoder()(ids()[0]), ValueError, ("ids", "(batch, seq)")),
-    Case("forward", "an empty batch", lambda tmp: decoder()(ids(0, 8)), ValueError, ("ids", "empty batch", "at least one sequence")),
-    Case("forward", "an empty sequence", lambda tmp: decoder()(ids(2, 0)), ValueError, ("ids", "at least one token")),
+    Case("forward", "an empty batch", lambda tmp: decoder()(ids(0, 8)), ValueError, ("ids", "an empty batch", "expected at least one sequence")),
+    Case("forward", "an empty sequence", lambda tmp: decoder()(ids(2, 0)), ValueError, ("ids", "an empty sequence", "expected at least one token")),
     Case("forward", "ids past the context", lambda tmp: decoder()(ids(2, 17)), ValueError, ("ids", "context is 16 positions")),
-    Case("forward", "ids outside the vocabulary", lambda tmp: decoder()(torch.tensor([[1, 23]])), ValueError, ("ids", "vocabulary is [0, 22]")),
+    Case("forward", "ids outside the vocabulary", lambda tmp: decoder()(torch.tensor([[1, 23]])), ValueError, ("ids", "in [1, 23]", "expected ids in the vocabulary [0, 22]")),
     Case("forward", "start_pos is negative", lambda tmp: decoder()(ids(), start_pos=-1), ValueError, ("start_pos=-1", "whole number >= 0")),
     Case("forward", "start_pos is a float", lambda tmp: decoder()(ids(), start_pos=1.5), ValueError, ("start_pos=1.5", "whole number >= 0")),
     Case("forward", "start_pos is a bool", lambda tmp: decoder()(ids(), start_pos=True), ValueError, ("start_pos=True", "whole number >= 0")),

@@ -126,7 +126,7 @@ def test_eager_model_still_refuses_bad_ids_with_a_clear_error():
     from companion.device import values_trusted
 
     model = small()
-    with pytest.raises(ValueError, match=r"token ids in \[0, 40\] but the vocabulary is \[0, 36\]"):
+    with pytest.raises(ValueError, match=r"token ids in \[0, 40\]: expected ids in the vocabulary \[0, 36\]"):
         model(torch.tensor([[0, 40]]))
     with (
         values_trusted(),

@@ -85,7 +85,7 @@ def test_padding_is_hidden_from_the_encoder():
     "ids, message",
     [
         (torch.randint(0, 256, (2, 300)), "context is 256 positions"),
-        (torch.tensor([[1, 2, 256]]), r"vocabulary is \[0, 255\]"),
+        (torch.tensor([[1, 2, 256]]), r"expected ids in the vocabulary \[0, 255\]"),
         (torch.tensor([[1, -1]]), "vocabulary"),
         (torch.randn(2, 5), "integer token ids"),
         (torch.randint(0, 256, (5,)), "expected 2 dims"),
@@ -187,7 +187,7 @@ def test_greedy_decode_keeps_the_training_flag():
         (
             dict(start_id=11),
             ValueError,
-            r"prompt_ids holds token ids in \[11, 11\] but the vocabulary is \[0, 10\]",
+            r"prompt_ids holds token ids in \[11, 11\]: expected ids in the vocabulary \[0, 10\]",
         ),
     ],
 )

@@ -103,8 +103,16 @@ def test_token_ids_accepts_a_batch_of_ids_in_the_vocabulary():
         (torch.zeros(1, 2), TypeError, "ids has dtype torch.float32: expected integer token ids"),
         (torch.zeros(1, 2, dtype=torch.bool), TypeError, "ids has dtype torch.bool"),
         (torch.zeros(3, dtype=torch.long), ValueError, "ids has shape (3,): expected 2 dims (batch, seq)"),
-        (torch.zeros(2, 0, dtype=torch.long), ValueError, "ids has shape (2, 0)"),
-        (torch.zeros(0, 3, dtype=torch.long), ValueError, "ids has shape (0, 3)"),
+        (
+            torch.zeros(2, 0, dtype=torch.long),
+            ValueError,
+            "ids has shape (2, 0), an empty sequence: expected at least",
+        ),
+        (
+            torch.zeros(0, 3, dtype=torch.long),
+            ValueError,
+            "ids has shape (0, 3), an empty batch: expected at least",
+        ),
         (
             torch.tensor([[0, 5]]),
             ValueError,
