@@ -218,66 +218,49 @@ def check_lr_schedule(fn) -> bool:
             settings = dict(max_lr=peak, warmup_steps=warm, total_steps=total, min_lr=floor) | changes
             return torch.tensor([lr_at(s, **settings) for s in steps])
 
-        decay = lambda p: floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * p))  # noqa: E731
+        def right(s: int) -> float:
+            return lr_at(s, max_lr=peak, warmup_steps=warm, total_steps=total, min_lr=floor)
+
+        def progress(s: int) -> float:
+            return min(1.0, (s - warm) / (total - warm))
+
+        def decay(p: float) -> float:
+            return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * p))
+
+        def cosine_from_step_0(s: int) -> float:
+            return decay(min(1.0, s / total))
+
+        def schedule(warming, decaying) -> torch.Tensor:
+            """One rate per step: warming(s) during warm-up, decaying(s) after it (one of them mistaken)."""
+            return torch.tensor([warming(s) if s < warm else decaying(s) for s in steps])
+
         c.diagnose(
             got,
             ref(),
             {
-                "the rate at step 0 is 0, so the first step does nothing: warm up with (step + 1) / warmup_steps": torch.tensor(
-                    [
-                        peak * s / warm
-                        if s < warm
-                        else lr_at(s, max_lr=peak, warmup_steps=warm, total_steps=total, min_lr=floor)
-                        for s in steps
-                    ]
+                "the rate at step 0 is 0, so the first step does nothing: warm up with (step + 1) / warmup_steps": schedule(
+                    lambda s: peak * s / warm, right
                 ),
                 "the cosine ends at 0; it should end at min_lr": ref(min_lr=0.0),
-                "there is no warm-up: the rate starts at max_lr; ramp up linearly over warmup_steps first": torch.tensor(
-                    [decay(min(1.0, s / total)) for s in steps]
+                "there is no warm-up: the rate starts at max_lr; ramp up linearly over warmup_steps first": schedule(
+                    cosine_from_step_0, cosine_from_step_0
                 ),
-                "the cosine is measured from step 0; start it where warm-up ends: progress = (step - warmup_steps) / (total_steps - warmup_steps)": torch.tensor(
-                    [
-                        lr_at(s, max_lr=peak, warmup_steps=warm, total_steps=total, min_lr=floor)
-                        if s < warm
-                        else decay(min(1.0, s / total))
-                        for s in steps
-                    ]
+                "the cosine is measured from step 0; start it where warm-up ends: progress = (step - warmup_steps) / (total_steps - warmup_steps)": schedule(
+                    right, cosine_from_step_0
                 ),
-                "after warm-up the rate falls in a straight line; use the cosine min_lr + 0.5 (max_lr - min_lr)(1 + cos(pi progress))": torch.tensor(
-                    [
-                        lr_at(s, max_lr=peak, warmup_steps=warm, total_steps=total, min_lr=floor)
-                        if s < warm
-                        else peak - (peak - floor) * min(1.0, (s - warm) / (total - warm))
-                        for s in steps
-                    ]
+                "after warm-up the rate falls in a straight line; use the cosine min_lr + 0.5 (max_lr - min_lr)(1 + cos(pi progress))": schedule(
+                    right, lambda s: peak - (peak - floor) * progress(s)
                 ),
                 "the cosine's amplitude is max_lr - min_lr: min_lr + 0.5 (max_lr - min_lr)(1 + cos(pi progress)), so it "
-                "starts at max_lr": torch.tensor(
-                    [
-                        lr_at(s, max_lr=peak, warmup_steps=warm, total_steps=total, min_lr=floor)
-                        if s < warm
-                        else floor
-                        + 0.5 * peak * (1 + math.cos(math.pi * min(1.0, (s - warm) / (total - warm))))
-                        for s in steps
-                    ]
+                "starts at max_lr": schedule(
+                    right, lambda s: floor + 0.5 * peak * (1 + math.cos(math.pi * progress(s)))
                 ),
                 "the cosine needs 0.5 (1 + cos(pi progress)), which falls from 1 to 0; cos(pi progress) alone goes "
-                "negative": torch.tensor(
-                    [
-                        lr_at(s, max_lr=peak, warmup_steps=warm, total_steps=total, min_lr=floor)
-                        if s < warm
-                        else floor
-                        + (peak - floor) * math.cos(math.pi * min(1.0, (s - warm) / (total - warm)))
-                        for s in steps
-                    ]
+                "negative": schedule(
+                    right, lambda s: floor + (peak - floor) * math.cos(math.pi * progress(s))
                 ),
-                "after total_steps the rate climbs again: clamp progress at 1 so it stays at min_lr": torch.tensor(
-                    [
-                        lr_at(s, max_lr=peak, warmup_steps=warm, total_steps=total, min_lr=floor)
-                        if s < warm
-                        else decay((s - warm) / (total - warm))
-                        for s in steps
-                    ]
+                "after total_steps the rate climbs again: clamp progress at 1 so it stays at min_lr": schedule(
+                    right, lambda s: decay((s - warm) / (total - warm))
                 ),
             },
             what="your schedule (one rate per step)",
