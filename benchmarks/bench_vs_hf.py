@@ -41,6 +41,10 @@ from companion.pretrained import load_pretrained
 # (name, GPT2Config keywords): a small model where per-call overhead shows, and the real 124M one.
 SMALL = dict(n_layer=4, n_embd=256, n_head=4, vocab_size=256, n_positions=512)
 GPT2_SMALL: dict = {}  # transformers' defaults are gpt2-small: 12 layers, d768, 12 heads, vocab 50257
+# The companion's tiny preset as a GPT-2 (the loader reads it back as presets["tiny"] exactly, with one
+# more position so that 256 tokens fit after a one-token prompt): the KV-cache target's model.
+TINY = dict(n_layer=4, n_embd=128, n_head=4, vocab_size=256, n_positions=257, activation_function="gelu")
+TINY_NEW_TOKENS = 256
 
 
 @dataclass
@@ -156,6 +160,22 @@ def workloads(
                 lambda a, b: torch.equal(a.cpu(), b.cpu()),
             ),
         ]
+    tiny_names = (
+        f"tiny preset, greedy {TINY_NEW_TOKENS} from 1 token, cached",
+        f"tiny preset, greedy {TINY_NEW_TOKENS} from 1 token, recomputed",
+    )
+    if any(want(n) for n in tiny_names):
+        theirs, ours = build_pair(TINY, directory / "tiny", device, dtype)
+        prompt = torch.zeros(1, 1, dtype=torch.long, device=device)
+        works += [
+            Work(
+                name,
+                lambda cache=cache: generate(ours, prompt, TINY_NEW_TOKENS, use_cache=cache),
+                lambda cache=cache: hf_generate(theirs, prompt, TINY_NEW_TOKENS, cache),
+                lambda a, b: torch.equal(a.cpu(), b.cpu()),
+            )
+            for name, cache in zip(tiny_names, (True, False))
+        ]
     return [w for w in works if want(w.name)]
 
 
@@ -194,7 +214,32 @@ ROWS = (
     "greedy generate 32 tokens without cache",
     "gpt2-small forward, batch 1 x 64",
     "gpt2-small greedy generate 32 tokens with cache",
+    f"tiny preset, greedy {TINY_NEW_TOKENS} from 1 token, cached",
+    f"tiny preset, greedy {TINY_NEW_TOKENS} from 1 token, recomputed",
 )
+
+
+def _threads_label(threads: int) -> str:
+    return f"{threads} thread{'s' if threads > 1 else ''}" if threads else "default threads"
+
+
+def kv_cache_speedups(rows: dict, threads: list[int]) -> str | None:
+    """Each library's own speed-up from its KV cache on the tiny preset (recomputed time / cached time),
+    when both tiny rows ran: what the cache buys at a size where a step's fixed cost is most of it."""
+    cached, recomputed = ROWS[-2], ROWS[-1]
+    if not all((name, t) in rows for name in (cached, recomputed) for t in threads):
+        return None
+
+    def speedups(side: str) -> str:
+        return ", ".join(
+            f"{rows[recomputed, t][side] / rows[cached, t][side]:.1f}x on {_threads_label(t)}"
+            for t in threads
+        )
+
+    return (
+        f"KV-cache speed-up (recomputed / cached wall time), tiny preset, {TINY_NEW_TOKENS} new tokens from a "
+        f"one-token prompt: companion {speedups('ours')}; transformers {speedups('theirs')}"
+    )
 
 
 def measure_row(name: str, threads: int, repeats: int, device: torch.device, dtype: torch.dtype) -> dict:
@@ -273,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = not all(r["agree"] for r in rows.values())
     import transformers
 
-    label = {t: (f"{t} thread{'s' if t > 1 else ''}" if t else "default threads") for t in args.threads}
+    label = {t: _threads_label(t) for t in args.threads}
     for title, key in (("wall-clock", ""), ("CPU", "_cpu")):
         print(
             f"companion / transformers {transformers.__version__}, {title} time on {device.type} {args.dtype}, torch "
@@ -297,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
             for (name, t), r in rows.items()
         )
     )
+    kv_line = kv_cache_speedups(rows, args.threads)
+    if kv_line:
+        print(kv_line)
     if failed:
         print("greedy tokens differ between the companion and transformers", file=sys.stderr)
     return 1 if failed else 0
