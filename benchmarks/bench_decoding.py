@@ -11,11 +11,11 @@ exceed the preset's context, its context_length is raised to fit: only the posit
 every layer keeps its size. Both runs must produce the same tokens, or the script fails.
 Chapter 6 (decoder inference and the KV cache) shows the figures this prints.
 
---flat adds two rows: the same weights run by `FlatLoop`, a flat loop of the same PyTorch calls with no
-nn.Module inside it, once reading each weight through the modules at every step and once reading them
-all before the first step. It must give the model's tokens. Set beside the model's row, it measures
-what a step pays for the module structure (attribute reads, module calls, checks) rather than for its
-kernels, and what speed-up the cache reaches without that cost.
+--flat adds three rows: the same weights run by `FlatLoop`, a flat loop of the same PyTorch calls with
+no nn.Module inside it, reading each weight through the modules at every step, reading them all once
+before the first step, and that with q, k and v fused into one product. Each must give the model's
+tokens. Set beside the model's row, they measure what a step pays for the module structure (attribute
+reads, module calls, checks) rather than for its kernels, and what speed-up the cache reaches without it.
 """
 
 from __future__ import annotations
@@ -154,25 +154,19 @@ class FlatLoop:
     def generate(self, prompt: Tensor, n: int, use_cache: bool) -> Tensor:
         """Greedy: prompt (batch, seq) and n new tokens, as companion.decoding.generate returns them."""
         c = self.config
-        ids, new, start, caches = prompt, prompt, 0, None
+        new, start, caches, tokens = prompt, 0, None, []
         with torch.inference_mode():
             if use_cache:
                 shape = (prompt.shape[0], c.heads, prompt.shape[1] + n, c.d_head)
-                caches = [
-                    (
-                        prompt.new_zeros(shape, dtype=torch.float32),
-                        prompt.new_zeros(shape, dtype=torch.float32),
-                    )
-                    for _ in range(c.layers)
-                ]
+                caches = [(torch.zeros(shape), torch.zeros(shape)) for _ in range(c.layers)]
             for _ in range(n):
                 token = self.logits(new, start, caches).argmax(-1, keepdim=True)
-                ids = torch.cat([ids, token], dim=1)
-                if use_cache:
+                tokens.append(token)
+                if use_cache:  # the next step reads the new token alone, after the positions cached
                     start, new = start + new.shape[1], token
-                else:
-                    new = ids
-        return ids.clone()  # outside inference mode, as generate returns it
+                else:  # the next step recomputes the whole sequence
+                    new = torch.cat([new, token], dim=1)
+        return torch.cat([prompt, *tokens], dim=1)  # outside inference mode, as generate returns it
 
 
 def timed_generate(run, prompt, n: int, use_cache: bool) -> tuple[float, float, torch.Tensor]:
@@ -220,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--flat sets eager loops beside the eager model; run it without --compile")
     if args.flat and args.device not in (None, "cpu"):
         parser.error("--flat times fp32 loops on the CPU; a GPU's model runs under bf16 autocast")
-    if args.flat and flat_unsupported(presets[args.preset]):
-        parser.error(f"--flat cannot run preset {args.preset}: {flat_unsupported(presets[args.preset])}")
+    if args.flat and (reason := flat_unsupported(presets[args.preset])):
+        parser.error(f"--flat cannot run preset {args.preset}: {reason}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -274,11 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             }
             for _ in range(args.repeats)
         ]
-        reference = None
+        reference = runs[0]["model"][0][2]  # the model's cached tokens
         for label in loops:
             cached = min((r[label][0] for r in runs), key=lambda t: t[0])
             full = min((r[label][1] for r in runs), key=lambda t: t[0])
-            reference = cached[2] if reference is None else reference  # the model's tokens
             same = torch.equal(cached[2], full[2]) and torch.equal(cached[2], reference)
             print(
                 f"{label:<16} {n:>10} {cached[0]:>9.2f}s {full[0]:>10.2f}s {full[0] / cached[0]:>8.1f}x "
